@@ -1,0 +1,124 @@
+"""Typed, frozen reconstruction configs, parsed once from Gadgetron XML properties / CLI ``key=value`` pairs.
+
+Field names of :class:`HashGridConfig` follow tiny-cuda-nn (``n_levels``, ``n_features_per_level``,
+``log2_hashmap_size``, ``base_resolution``, ``per_level_scale``). Nested fields are addressed with a dot in
+properties: ``map_grid.n_levels=12``. An unknown property is an error naming the known ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """A property does not name a config field or cannot be parsed to the field's type."""
+
+
+@dataclass(frozen=True)
+class HashGridConfig:
+    """Multiresolution hash encoding (Mueller et al. 2022); resolution of level l = base * scale**l.
+
+    ``implementation``: "torch" (pure PyTorch, default) or "tcnn" (tiny-cuda-nn on CUDA, if importable);
+    "auto" picks tcnn when it can run and torch otherwise.
+    """
+
+    n_levels: int = 8
+    n_features_per_level: int = 2
+    log2_hashmap_size: int = 15
+    base_resolution: int = 4
+    per_level_scale: float = 1.5
+    implementation: str = "auto"
+
+
+@dataclass(frozen=True)
+class SummitConfig:
+    """SUMMIT INR reconstruction settings. Defaults are CPU-sized; the paper's are listed in design.md.
+
+    Times in ms, learning rate per Adam step, ``lr_step`` in epochs.
+    """
+
+    epochs: int = 60
+    lr: float = 1e-3
+    lr_step: int = 20
+    lr_gamma: float = 0.5
+    batch_x: int = 4
+    hidden: int = 64
+    layers: int = 3
+    map_grid: HashGridConfig = field(default_factory=HashGridConfig)
+    coil_grid: HashGridConfig = field(
+        default_factory=lambda: HashGridConfig(n_levels=4, log2_hashmap_size=10, base_resolution=2,
+                                               per_level_scale=1.5)
+    )
+    coil_mode: str = "estimate"  # "estimate" (fixed low-res ratio maps) or "inr" (jointly fitted coil INR)
+    forward: str = "structured"  # "structured" (rank-K q^n subspace) or "exact"
+    rank: int = 8
+    virtual_coils: int = 0  # 0 = no coil compression
+    lambda_a: float = 0.0  # WNNM weight on A
+    lambda_t1_phase: float = 0.0  # WNNM weight on T1 and phase
+    lambda_t2: float = 0.0  # WNNM weight on T2 and T2*
+    wnnm_start_epoch: int = 0
+    wnnm_patch: int = 5
+    wnnm_window: int = 7
+    wnnm_similar: int = 3
+    init: str = "data"  # "data" (phase / amplitude from the low-res echo images) or "none"
+    plateau_rel: float = 0.0  # stop when the epoch DC loss improves by less than this fraction (0 = off)
+    seed: int = 0
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"
+    threads: int = 0  # torch CPU threads (0 = torch default)
+
+
+def _parse_value(text: str, tp: typing.Any, name: str) -> typing.Any:
+    try:
+        if tp is bool:
+            low = text.strip().lower()
+            if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(text)
+            return low in ("1", "true", "yes", "on")
+        if tp in (int, float, str):
+            return tp(text)
+    except ValueError as exc:
+        raise ConfigError(f"property {name}={text!r} is not a valid {tp.__name__}") from exc
+    raise ConfigError(f"property {name} has unsupported type {tp}")
+
+
+def from_properties(cls: type, props: Mapping[str, str], prefix: str = ""):
+    """Build a (nested) frozen dataclass ``cls`` from string properties; unknown keys raise :class:`ConfigError`."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    own, nested = {}, {}
+    for key, value in props.items():
+        head, _, rest = key.partition(".")
+        if head not in fields:
+            known = ", ".join(sorted(prefix + n for n in fields))
+            raise ConfigError(f"unknown property {prefix + key!r}; known: {known}")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            own[head] = value
+    kwargs = {}
+    for name, value in own.items():
+        if dataclasses.is_dataclass(hints[name]):
+            raise ConfigError(f"property {prefix + name} is a group; set {prefix + name}.<field>")
+        kwargs[name] = _parse_value(str(value), hints[name], prefix + name)
+    for name, sub in nested.items():
+        if not dataclasses.is_dataclass(hints[name]):
+            raise ConfigError(f"property {prefix + name} has no sub-fields")
+        base = dataclasses.asdict(fields[name].default_factory())  # type: ignore[misc]
+        base.update({k: v for k, v in sub.items()})
+        kwargs[name] = from_properties(hints[name], {k: str(v) for k, v in base.items()}, prefix + name + ".")
+    return cls(**kwargs)
+
+
+def field_names(cls: type, prefix: str = "") -> set[str]:
+    """All addressable property names of ``cls`` (nested ones dotted)."""
+    out = set()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out |= field_names(hints[f.name], prefix + f.name + ".")
+        else:
+            out.add(prefix + f.name)
+    return out

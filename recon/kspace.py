@@ -1,0 +1,180 @@
+"""Containers shared by the simulator, the stream side and the solvers.
+
+The sampled k-space of a T2IR-prepared multi-echo GRE is stored *line by line* (one row per sampled
+(ky, kz, n, tau) line, all echoes and coils kept), because the dense 6-D layout of design.md,
+``(coils, nte, ntau, nseg, nz, ny, nx)``, is mostly zeros: at paper size it would be 24 GB, the line
+store below is under 1 GB. :meth:`KSpace6D.dense` and :attr:`KSpace6D.mask` give the dense views of
+design.md for small problems and for tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SequenceParams:
+    """Timing of the T2IR-prepared multi-echo GRE. All times in ms, angles in degrees.
+
+    Attributes
+    ----------
+    tr_ms : GRE repetition time.
+    te_ms : echo times, one per ``idx.contrast``.
+    flip_deg : GRE excitation flip angle alpha.
+    tau_ms : T2-prep durations, one per ``idx.set`` (0 = no T2-prep).
+    nseg : readouts per segment after each preparation (``idx.segment`` = 0..nseg-1).
+    inversion_efficiency : B of the signal model (-1 = perfect inversion).
+    prep_loop_order : ``None`` (closed form: steady state before every preparation, as in the paper),
+        ``"tau-outer"`` or ``"shot-outer"``.
+    recovery_delay_ms : free recovery between the end of a segment and the next preparation.
+    """
+
+    tr_ms: float
+    te_ms: tuple[float, ...]
+    flip_deg: float
+    tau_ms: tuple[float, ...]
+    nseg: int
+    inversion_efficiency: float = -1.0
+    prep_loop_order: str | None = None
+    recovery_delay_ms: float = 0.0
+
+    @property
+    def nte(self) -> int:
+        return len(self.te_ms)
+
+    @property
+    def ntau(self) -> int:
+        return len(self.tau_ms)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Encoded matrix and patient-space placement of the 3-D volume.
+
+    Attributes
+    ----------
+    matrix : (nx, ny, nz) encoded matrix size.
+    fov_mm : (x, y, z) field of view in mm.
+    position : (3,) centre of the volume in patient coordinates, mm.
+    read_dir, phase_dir, slice_dir : (3,) unit direction cosines.
+    patient_table_position : (3,) mm.
+    """
+
+    matrix: tuple[int, int, int]
+    fov_mm: tuple[float, float, float]
+    position: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    read_dir: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    phase_dir: tuple[float, float, float] = (0.0, 1.0, 0.0)
+    slice_dir: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    patient_table_position: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    @property
+    def voxel_mm(self) -> tuple[float, float, float]:
+        return tuple(f / m for f, m in zip(self.fov_mm, self.matrix))  # type: ignore[return-value]
+
+
+@dataclass
+class KSpace6D:
+    """Sampled k-space of one 3-D T2IR multi-echo GRE measurement, stored per line.
+
+    Attributes
+    ----------
+    data : complex64 ``(coils, nte, nlines, nx)``, the readouts (kx along the last axis, centre at nx // 2).
+    ky, kz : int ``(nlines,)`` phase-encoding indices (0..ny-1, 0..nz-1, centre at n // 2).
+    seg : int ``(nlines,)`` readout index n after the preparation (0..nseg-1).
+    tau : int ``(nlines,)`` T2-prep index (0..ntau-1).
+    seq : sequence timing.
+    geometry : matrix and placement; ``geometry.matrix`` is (nx, ny, nz).
+    noise : complex64 ``(coils, nsamples)`` noise pre-scan samples, or None.
+    """
+
+    data: np.ndarray
+    ky: np.ndarray
+    kz: np.ndarray
+    seg: np.ndarray
+    tau: np.ndarray
+    seq: SequenceParams
+    geometry: Geometry
+    noise: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        nc, ne, nl, nx = self.data.shape
+        for name in ("ky", "kz", "seg", "tau"):
+            arr = getattr(self, name)
+            if arr.shape != (nl,):
+                raise ValueError(f"KSpace6D.{name} has shape {arr.shape}, expected ({nl},)")
+        if ne != self.seq.nte:
+            raise ValueError(f"data has {ne} echoes but the sequence lists {self.seq.nte} TEs")
+        if nx != self.geometry.matrix[0]:
+            raise ValueError(f"data has {nx} readout samples but the matrix says nx={self.geometry.matrix[0]}")
+
+    @property
+    def shape_dense(self) -> tuple[int, ...]:
+        """Dense layout of design.md: ``(coils, nte, ntau, nseg, nz, ny, nx)``."""
+        nx, ny, nz = self.geometry.matrix
+        return (self.ncoils, self.seq.nte, self.seq.ntau, self.seq.nseg, nz, ny, nx)
+
+    @property
+    def ncoils(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def nlines(self) -> int:
+        return self.data.shape[2]
+
+    @property
+    def mask(self) -> np.ndarray:
+        """bool ``(ntau, nseg, nz, ny)``: which (ky, kz) lines were sampled at each (tau, n)."""
+        _, ny, nz = self.geometry.matrix
+        m = np.zeros((self.seq.ntau, self.seq.nseg, nz, ny), dtype=bool)
+        m[self.tau, self.seg, self.kz, self.ky] = True
+        return m
+
+    @property
+    def acceleration(self) -> float:
+        """R = ny * nz / (lines per tau), averaged over tau."""
+        _, ny, nz = self.geometry.matrix
+        return ny * nz * self.seq.ntau / max(self.nlines, 1)
+
+    def dense(self) -> np.ndarray:
+        """complex64 ``(coils, nte, ntau, nseg, nz, ny, nx)`` with zeros where nothing was sampled."""
+        out = np.zeros(self.shape_dense, dtype=np.complex64)
+        out[:, :, self.tau, self.seg, self.kz, self.ky, :] = self.data
+        return out
+
+
+MAP_UNITS: dict[str, str] = {
+    "T1": "ms",
+    "T2": "ms",
+    "T2star": "ms",
+    "A": "a.u.",
+    "B0": "Hz",
+    "Phase0": "rad",
+    "QSM": "ppm",
+    "Residual": "a.u.",
+}
+"""Name -> unit of every map the reconstruction can return (MRD image meta uses both)."""
+
+
+@dataclass
+class QuantMaps:
+    """Reconstructed parameter maps, each float32 ``(nz, ny, nx)``.
+
+    ``maps`` keys are names of :data:`MAP_UNITS` (T1, T2, T2star in ms; A in a.u.; B0 off-resonance in Hz;
+    Phase0 in rad; QSM in ppm; Residual = per-voxel data-consistency residual in a.u.). ``mask`` is the
+    bool ``(nz, ny, nx)`` support used by the solver; ``info`` holds timings and loss history.
+    """
+
+    maps: dict[str, np.ndarray]
+    mask: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, arr in self.maps.items():
+            if name not in MAP_UNITS:
+                raise ValueError(f"unknown map {name!r}; known: {sorted(MAP_UNITS)}")
+            if arr.ndim != 3:
+                raise ValueError(f"map {name} has shape {arr.shape}, expected (nz, ny, nx)")

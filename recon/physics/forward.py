@@ -1,0 +1,146 @@
+"""Forward operators from parameter maps to sampled k-space lines (one batch of readout positions x).
+
+After the 1-D IFFT along the fully sampled readout, every x position is an independent (kz, ky) problem.
+All operators here work on a batch of ``bx`` x positions, with lines described by integer tensors
+``ky, kz, seg, tau`` of shape ``(nlines,)``.
+
+* :class:`LineSubspaceOp` — linear: coefficient images ``(..., natoms, nz, ny)`` -> lines ``(..., nlines)``
+  through a temporal basis ``(ntau, nseg, natoms)``; FFT of every atom image, then per tau only the atoms
+  that are non-zero at that tau are gathered and contracted. Adjoint provided (and tested).
+* :func:`qn_basis` — SVD basis of q^n over a T1 range (design.md, "Structure worth exploiting").
+* :class:`StructuredForward` — the low-rank model: 1 + K * ntau FFTs per coil and echo.
+* :class:`ExactForward` — the per-(n, tau, TE) model, Nseg * ntau FFTs per coil and echo (reference).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from qmapinr.recon.kspace import SequenceParams
+from qmapinr.recon.physics.fft import fftc, ifftc
+from qmapinr.recon.physics.signal import echo_factors, prep_coefficients, signal, steady_state_terms
+
+
+class LineSubspaceOp:
+    """Linear map ``coeff (..., natoms, nz, ny) -> lines (..., nlines)``.
+
+    ``y_l = sum_a basis[tau_l, seg_l, a] * FFT2(coeff[..., a, :, :])[kz_l, ky_l]`` with the centred unitary FFT.
+
+    Parameters
+    ----------
+    basis : real or complex ``(ntau, nseg, natoms)``.
+    ky, kz, seg, tau : int64 ``(nlines,)``.
+    shape_zy : (nz, ny).
+    """
+
+    def __init__(self, basis: torch.Tensor, ky: torch.Tensor, kz: torch.Tensor, seg: torch.Tensor,
+                 tau: torch.Tensor, shape_zy: tuple[int, int]) -> None:
+        self.basis = basis
+        self.nz, self.ny = shape_zy
+        self.nlines = int(ky.shape[0])
+        spatial = kz * self.ny + ky
+        self.groups = []  # per tau: (line positions, spatial index, active atoms, basis (L_t, A_t))
+        for t in range(basis.shape[0]):
+            pos = torch.nonzero(tau == t).flatten()
+            if pos.numel() == 0:
+                continue
+            active = torch.nonzero(basis[t].abs().amax(dim=0) > 0).flatten()
+            b = basis[t][seg[pos]][:, active]  # (L_t, A_t)
+            self.groups.append((pos, spatial[pos], active, b))
+
+    def forward(self, coeff: torch.Tensor) -> torch.Tensor:
+        k = fftc(coeff, dims=(-2, -1)).flatten(-2)  # (..., natoms, nz*ny)
+        out = k.new_zeros(k.shape[:-2] + (self.nlines,))
+        for pos, sp, active, b in self.groups:
+            g = k.index_select(-2, active).index_select(-1, sp)  # (..., A_t, L_t)
+            out = out.index_copy(-1, pos, (g * b.T.to(g.dtype)).sum(dim=-2))
+        return out
+
+    def adjoint(self, lines: torch.Tensor) -> torch.Tensor:
+        natoms = self.basis.shape[-1]
+        k = lines.new_zeros(lines.shape[:-1] + (natoms, self.nz * self.ny))
+        for pos, sp, active, b in self.groups:
+            y = lines.index_select(-1, pos)  # (..., L_t)
+            contrib = y[..., None, :] * b.T.conj().to(y.dtype)  # (..., A_t, L_t)
+            ka = k.index_select(-2, active).index_add(-1, sp, contrib)
+            k = k.index_copy(-2, active, ka)
+        return ifftc(k.unflatten(-1, (self.nz, self.ny)), dims=(-2, -1))
+
+
+def qn_basis(seq: SequenceParams, rank: int, t1_range_ms: tuple[float, float] = (50.0, 6000.0),
+             n_atoms: int = 400) -> tuple[torch.Tensor, float]:
+    """Orthonormal basis ``V (rank, nseg)`` of q^n = (e^{-TR/T1} cos a)^n over log-spaced T1.
+
+    Returns the basis and the worst relative L2 error of projecting the dictionary onto it.
+    """
+    t1 = np.geomspace(*t1_range_ms, n_atoms)
+    q = np.exp(-seq.tr_ms / t1) * math.cos(math.radians(seq.flip_deg))
+    d = q[:, None] ** np.arange(seq.nseg)[None, :]  # (atoms, nseg)
+    _, _, vh = np.linalg.svd(d, full_matrices=False)
+    v = vh[:rank]
+    err = np.linalg.norm(d - (d @ v.T) @ v, axis=1) / np.linalg.norm(d, axis=1)
+    return torch.from_numpy(v.astype(np.float32)), float(err.max())
+
+
+def structured_basis(v: torch.Tensor, ntau: int) -> torch.Tensor:
+    """Temporal basis ``(ntau, nseg, 1 + ntau*K)`` of ``1 - c_tau q^n``: atom 0 = 1, atom 1+t*K+k = -V_k(n) at tau t."""
+    k, nseg = v.shape
+    basis = torch.zeros(ntau, nseg, 1 + ntau * k, dtype=v.dtype)
+    basis[:, :, 0] = 1.0
+    for t in range(ntau):
+        basis[t, :, 1 + t * k: 1 + (t + 1) * k] = -v.T
+    return basis
+
+
+class StructuredForward:
+    """Low-rank physics forward: maps + coil sensitivities -> k-space lines, 1 + K*ntau FFTs per coil and echo.
+
+    ``S(n, tau) = h ss [1 - c_tau q^n]`` with ``q^n ~= sum_k alpha_k V_k(n)``, ``alpha = V q^n``.
+    """
+
+    def __init__(self, seq: SequenceParams, ky, kz, seg, tau, shape_zy: tuple[int, int], rank: int = 8,
+                 device: torch.device | str = "cpu") -> None:
+        self.seq = seq
+        v, self.basis_error = qn_basis(seq, rank)
+        self.v = v.to(device)
+        basis = structured_basis(v, seq.ntau).to(device)
+        self.op = LineSubspaceOp(basis, *(torch.as_tensor(a, device=device) for a in (ky, kz, seg, tau)),
+                                 shape_zy)
+        self.n = torch.arange(seq.nseg, dtype=torch.float32, device=device)
+
+    def coefficient_images(self, maps: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-voxel ``(h*ss) (..., nte)`` and recovery coefficients ``(..., 1 + ntau*K)``; voxel dims ``(...)``."""
+        ss, q = steady_state_terms(maps["T1"], self.seq)
+        c = prep_coefficients(maps["T1"], maps["T2"], self.seq)  # (..., ntau)
+        alpha = (q[..., None] ** self.n) @ self.v.T  # (..., K)
+        rec = torch.cat([torch.ones_like(q)[..., None], (c[..., :, None] * alpha[..., None, :]).flatten(-2)], -1)
+        h = echo_factors(maps["A"], maps["T2star"], maps["Phase0"], maps["B0"], self.seq) * ss[..., None]
+        return h, rec
+
+    def __call__(self, maps: dict[str, torch.Tensor], sens: torch.Tensor) -> torch.Tensor:
+        """maps: each ``(bx, nz, ny)``; sens: complex ``(bx, C, nz, ny)`` -> lines ``(bx, C, nte, nlines)``."""
+        h, rec = self.coefficient_images(maps)
+        img = h.permute(0, 3, 1, 2)[:, None] * sens[:, :, None]  # (bx, C, nte, nz, ny)
+        coeff = img[:, :, :, None] * rec.permute(0, 3, 1, 2)[:, None, None].to(img.dtype)  # (bx,C,E,atoms,nz,ny)
+        return self.op.forward(coeff)
+
+
+class ExactForward:
+    """Reference forward: the full (nte, ntau, nseg) series per voxel, one FFT per (coil, TE, tau, n)."""
+
+    def __init__(self, seq: SequenceParams, ky, kz, seg, tau, shape_zy: tuple[int, int],
+                 device: torch.device | str = "cpu") -> None:
+        self.seq = seq
+        nz, ny = shape_zy
+        ky, kz, seg, tau = (torch.as_tensor(a, device=device) for a in (ky, kz, seg, tau))
+        self.flat = ((tau * seq.nseg + seg) * nz + kz) * ny + ky
+
+    def __call__(self, maps: dict[str, torch.Tensor], sens: torch.Tensor) -> torch.Tensor:
+        s = signal(maps["A"], maps["T1"], maps["T2"], maps["T2star"], maps["Phase0"], maps["B0"], self.seq)
+        s = s.permute(0, 3, 4, 5, 1, 2)  # (bx, nte, ntau, nseg, nz, ny)
+        img = s[:, None] * sens[:, :, None, None, None]  # (bx, C, nte, ntau, nseg, nz, ny)
+        k = fftc(img, dims=(-2, -1))
+        return k.flatten(-4).index_select(-1, self.flat)
