@@ -63,7 +63,7 @@ class SummitConfig:
     wnnm_patch: int = 5
     wnnm_window: int = 7
     wnnm_similar: int = 3
-    init: str = "data"  # "data" (phase / amplitude from the low-res echo images) or "none"
+    coarse_to_fine_epochs: int = 0  # >0: one more hash level switched on every this many epochs
     plateau_rel: float = 0.0  # stop when the epoch DC loss improves by less than this fraction (0 = off)
     seed: int = 0
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"

@@ -1,0 +1,204 @@
+"""Coil sensitivity estimation and SVD coil compression from sampled k-space lines.
+
+* :func:`estimate_coil_maps` — low-resolution ratio maps: the echo-0 k-space averaged over all (tau, n) at
+  which each (ky, kz) line was sampled, Hann-windowed around the centre in 3-D, inverse FFT, each coil image
+  divided by the root-sum-of-squares (with a small floor), phase referenced to one coil. ``method="walsh"``
+  instead takes, per voxel, the dominant eigenvector of the coil covariance of the same low-resolution images
+  in a small neighbourhood (Walsh et al., MRM 2000) — an eigen method that needs no division and degrades
+  gracefully where the image is dark.
+* :func:`coil_compress` — SVD (PCA) coil compression of all lines; unitary at ``n_virtual = coils``.
+
+Averaging over (tau, n) mixes contrasts: every coil sees the same mixture, so the coil ratios are unaffected
+as long as the averaged image is not zero, and the low-resolution window fills in isolated dark voxels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import torch
+from qmapinr.recon.kspace import KSpace6D
+from qmapinr.recon.physics.fft import ifftc
+
+log = logging.getLogger(__name__)
+
+
+def _hann(n: int, width: int) -> np.ndarray:
+    """Length-``n`` window: a Hann bump of full width ``width`` (no zero end points) centred at ``n // 2``."""
+    width = int(min(max(width, 1), n))
+    w = np.zeros(n)
+    bump = np.hanning(width + 2)[1:-1]
+    start = n // 2 - width // 2
+    w[start:start + width] = bump
+    return w
+
+
+def averaged_kspace(kspace: KSpace6D, echo: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over all sampled (tau, n) of each (ky, kz) line of one echo.
+
+    Returns
+    -------
+    complex64 ``(C, nz, ny, nx)`` k-space (zero where never sampled) and int ``(nz, ny)`` sample counts.
+    """
+    nx, ny, nz = kspace.geometry.matrix
+    spatial = torch.from_numpy(np.asarray(kspace.kz, dtype=np.int64) * ny + np.asarray(kspace.ky, dtype=np.int64))
+    data = torch.from_numpy(np.ascontiguousarray(kspace.data[:, echo]))  # (C, nlines, nx)
+    acc = torch.zeros(data.shape[0], nz * ny, nx, dtype=data.dtype).index_add_(1, spatial, data)
+    count = torch.zeros(nz * ny, dtype=torch.int64).index_add_(0, spatial, torch.ones_like(spatial))
+    mean = acc / count.clamp(min=1)[None, :, None].to(acc.real.dtype)
+    return mean.reshape(-1, nz, ny, nx).numpy(), count.reshape(nz, ny).numpy()
+
+
+def calibration_box(count: np.ndarray, max_width: tuple[int, int] = (10**6, 10**6)) -> tuple[int, int]:
+    """Largest centred, fully sampled (kz, ky) box of odd full widths ``(wz, wy)`` (area-maximising).
+
+    Parameters
+    ----------
+    count : int ``(nz, ny)`` samples per (kz, ky) location (centre at ``n // 2``).
+    max_width : upper bounds on the widths.
+
+    Returns
+    -------
+    ``(wz, wy)``; ``(0, 0)`` if the centre itself was never sampled.
+    """
+    nz, ny = count.shape
+    cz, cy = nz // 2, ny // 2
+    ok = count > 0
+    if not ok[cz, cy]:
+        return 0, 0
+    best, best_area = (1, 1), 1
+    for hz in range(0, min(cz, nz - 1 - cz) + 1):
+        if 2 * hz + 1 > max_width[0]:
+            break
+        rows = ok[cz - hz:cz + hz + 1]
+        if not rows[:, cy].all():
+            break
+        hy = 0
+        while (cy - hy - 1 >= 0 and cy + hy + 1 < ny and 2 * hy + 3 <= max_width[1]
+               and rows[:, cy - hy - 1].all() and rows[:, cy + hy + 1].all()):
+            hy += 1
+        area = (2 * hz + 1) * (2 * hy + 1)
+        if area > best_area:
+            best, best_area = (2 * hz + 1, 2 * hy + 1), area
+    return best
+
+
+def lowres_coil_images(kspace: KSpace6D, echo: int = 0, window: tuple[int, int, int] = (24, 24, 24),
+                       auto_calib: bool = True) -> np.ndarray:
+    """complex64 ``(C, nz, ny, nx)`` low-resolution coil images.
+
+    ``window`` = Hann full widths (kz, ky, kx). With ``auto_calib`` the (kz, ky) widths are reduced to the
+    largest centred box in which every location was sampled at least once (holes inside the window alias
+    differently in every coil and would not cancel in the coil ratios).
+    """
+    mean, count = averaged_kspace(kspace, echo)
+    _, nz, ny, nx = mean.shape
+    wz, wy = min(window[0], nz), min(window[1], ny)
+    if auto_calib:
+        bz, by = calibration_box(count, (wz, wy))
+        if min(bz, by) < 3:
+            log.warning("fully sampled calibration box only %dx%d (kz x ky); using the %dx%d window with holes",
+                        bz, by, wz, wy)
+        else:
+            wz, wy = bz, by
+    w = (_hann(nz, wz)[:, None, None] * _hann(ny, wy)[None, :, None] * _hann(nx, window[2])[None, None, :])
+    k = torch.from_numpy(mean * w.astype(np.float32))
+    return ifftc(k, dims=(-3, -2, -1)).numpy()
+
+
+def estimate_coil_maps(
+    kspace: KSpace6D,
+    echo: int = 0,
+    window: tuple[int, int, int] = (24, 24, 24),
+    floor: float = 0.02,
+    method: str = "ratio",
+    phase_reference: str = "coil",
+    walsh_radius: int = 2,
+    auto_calib: bool = True,
+) -> np.ndarray:
+    """Coil sensitivities from the data.
+
+    Parameters
+    ----------
+    kspace : sampled lines.
+    echo : echo used (0 = highest SNR, least B0 dephasing).
+    window : Hann full widths in (kz, ky, kx) samples (clipped to the matrix): the resolution of the maps.
+    floor : RSS floor relative to its maximum (``method="ratio"``); maps fall to zero outside the object.
+    method : "ratio" (low-resolution coil image / RSS) or "walsh" (local coil-covariance eigenvector).
+    phase_reference : "coil" (multiply by the conjugate phase of the strongest coil, so the maps carry no
+        object phase and the reconstructed image keeps it) or "none" (ratio maps keep the object phase of the
+        low-resolution image; the reconstructed image is then nearly real).
+    walsh_radius : neighbourhood half-width (voxels) of the Walsh covariance.
+    auto_calib : shrink the (kz, ky) window to the fully sampled centre (see :func:`lowres_coil_images`).
+
+    Returns
+    -------
+    complex64 ``(C, nz, ny, nx)``; ``sum_c |s_c|^2 ~= 1`` inside the object.
+    """
+    img = lowres_coil_images(kspace, echo, window, auto_calib)
+    rss = np.sqrt(np.sum(np.abs(img) ** 2, axis=0))
+    if method == "ratio":
+        maps = img / np.maximum(rss, floor * rss.max())
+    elif method == "walsh":
+        maps = _walsh(img, walsh_radius) * (rss > floor * rss.max())
+    else:
+        raise ValueError(f"unknown coil-map method {method!r}; use 'ratio' or 'walsh'")
+    if phase_reference == "coil":
+        ref = int(np.argmax(np.sum(np.abs(img) ** 2, axis=(1, 2, 3))))
+        maps = maps * np.exp(-1j * np.angle(maps[ref]))[None]
+    elif phase_reference != "none":
+        raise ValueError(f"unknown phase_reference {phase_reference!r}; use 'coil' or 'none'")
+    return maps.astype(np.complex64)
+
+
+def _walsh(img: np.ndarray, radius: int) -> np.ndarray:
+    """Walsh maps ``(C, nz, ny, nx)``: per voxel the unit dominant eigenvector of the coil covariance summed over a
+    ``(2 radius + 1)^3`` box, its phase chosen so that ``s^H img`` is real (the maps carry the object phase)."""
+    from scipy.ndimage import uniform_filter
+
+    size = 2 * radius + 1
+    out = np.empty_like(img)
+    nx = img.shape[-1]
+    # One x plane at a time: sum the covariance over the x neighbours, then box-filter in (z, y).
+    for x0 in range(nx):
+        sub = img[..., max(0, x0 - radius):min(nx, x0 + radius + 1)]
+        cov = np.einsum("azyx,bzyx->abzy", sub, sub.conj())  # (C, C, nz, ny)
+        cov = (uniform_filter(cov.real, size=(1, 1, size, size), mode="nearest")
+               + 1j * uniform_filter(cov.imag, size=(1, 1, size, size), mode="nearest"))
+        _, vec = np.linalg.eigh(np.moveaxis(cov, (0, 1), (-2, -1)))  # (nz, ny, C, C)
+        v = vec[..., :, -1]  # (nz, ny, C)
+        proj = np.einsum("zyc,czy->zy", v.conj(), img[..., x0])
+        v = v * np.exp(1j * np.angle(proj))[..., None]
+        out[..., x0] = np.moveaxis(v, -1, 0)
+    return out
+
+
+def coil_compress(kspace: KSpace6D, n_virtual: int) -> tuple[KSpace6D, np.ndarray]:
+    """SVD coil compression.
+
+    The coil covariance of all sampled lines (all echoes) is diagonalised; the ``n_virtual`` strongest
+    eigen-coils are kept.
+
+    Returns
+    -------
+    The compressed :class:`KSpace6D` (noise compressed too) and the complex64 compression matrix
+    ``(n_virtual, C)`` with orthonormal rows (``data_v = matrix @ data``).
+    """
+    c = kspace.ncoils
+    if not 1 <= n_virtual <= c:
+        raise ValueError(f"n_virtual={n_virtual} must be in 1..{c}")
+    d = torch.from_numpy(np.ascontiguousarray(kspace.data)).reshape(c, -1).to(torch.complex128)
+    cov = d @ d.conj().T
+    w, v = torch.linalg.eigh(cov)  # ascending
+    mat = v[:, torch.argsort(w, descending=True)[:n_virtual]].conj().T  # (n_virtual, C)
+    kept = float(w.sort(descending=True).values[:n_virtual].sum() / w.sum().clamp(min=1e-300))
+    log.info("coil compression %d -> %d keeps %.4f of the energy", c, n_virtual, kept)
+    m64 = mat.to(torch.complex64)
+    data = (m64 @ torch.from_numpy(np.ascontiguousarray(kspace.data)).reshape(c, -1)).reshape(
+        (n_virtual,) + kspace.data.shape[1:])
+    noise = None if kspace.noise is None else (m64 @ torch.from_numpy(kspace.noise.astype(np.complex64))).numpy()
+    meta = dict(kspace.meta, coil_compression={"n_virtual": n_virtual, "energy_kept": kept})
+    out = dataclasses.replace(kspace, data=data.numpy(), noise=noise, meta=meta)
+    return out, m64.numpy()

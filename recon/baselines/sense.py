@@ -1,0 +1,103 @@
+"""SENSE operator of the temporal-subspace model and the small solvers shared by the baselines.
+
+``A x = P F S U x``: coefficient images ``x (nx, nte, K, nz, ny)`` (one (z, y) plane per readout position x
+after the readout IFFT), coil maps S ``(nx, C, nz, ny)``, centred unitary 2-D FFT over (kz, ky), contraction
+with the temporal basis U and selection of the sampled lines (:class:`LineSubspaceOp`). x positions are
+batched to bound the working set.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from qmapinr.recon.kspace import KSpace6D
+from qmapinr.recon.physics.fft import ifftc
+from qmapinr.recon.physics.forward import LineSubspaceOp
+
+
+def readout_ifft(kspace: KSpace6D) -> torch.Tensor:
+    """complex64 ``(nx, C, nte, nlines)``: centred unitary IFFT along kx, x moved to the front."""
+    k = torch.from_numpy(np.ascontiguousarray(kspace.data, dtype=np.complex64))
+    return ifftc(k, dims=(-1,)).permute(3, 0, 1, 2).contiguous()
+
+
+class SenseSubspaceOp:
+    """``x (nx, nte, K, nz, ny) -> lines (nx, C, nte, nlines)``: coil maps, 2-D FFT, basis, line selection.
+
+    Parameters
+    ----------
+    basis : real ``(ntau, nseg, K)``.
+    kspace : provides the line indices (ky, kz, seg, tau) and the matrix.
+    sens : complex ``(nx, C, nz, ny)``.
+    batch_bytes : working-set size used to batch x positions.
+    """
+
+    def __init__(self, basis: torch.Tensor, kspace: KSpace6D, sens: torch.Tensor, batch_bytes: int = 256 * 2**20):
+        nx, ny, nz = kspace.geometry.matrix
+        idx = [torch.as_tensor(np.asarray(a, dtype=np.int64)) for a in (kspace.ky, kspace.kz, kspace.seg,
+                                                                         kspace.tau)]
+        self.op = LineSubspaceOp(basis, *idx, (nz, ny))
+        self.sens = sens
+        self.k = basis.shape[-1]
+        self.nte = kspace.seq.nte
+        self.shape = (nx, self.nte, self.k, nz, ny)
+        c = sens.shape[1]
+        per_x = 8 * c * self.nte * max(self.k * nz * ny, kspace.nlines) * 2
+        self.bx = max(1, min(nx, batch_bytes // per_x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = []
+        for s in range(0, x.shape[0], self.bx):
+            img = self.sens[s:s + self.bx, :, None, None] * x[s:s + self.bx, None]  # (bx, C, nte, K, nz, ny)
+            out.append(self.op.forward(img))
+        return torch.cat(out, 0)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        out = []
+        for s in range(0, y.shape[0], self.bx):
+            img = self.op.adjoint(y[s:s + self.bx])  # (bx, C, nte, K, nz, ny)
+            out.append((self.sens[s:s + self.bx, :, None, None].conj() * img).sum(1))
+        return torch.cat(out, 0)
+
+    def normal(self, x: torch.Tensor) -> torch.Tensor:
+        out = []
+        for s in range(0, x.shape[0], self.bx):
+            sens = self.sens[s:s + self.bx, :, None, None]
+            img = self.op.adjoint(self.op.forward(sens * x[s:s + self.bx, None]))
+            out.append((sens.conj() * img).sum(1))
+        return torch.cat(out, 0)
+
+
+def _vdot(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.vdot(a.flatten(), b.flatten()).real)
+
+
+def conjugate_gradient(normal, b: torch.Tensor, x: torch.Tensor, iters: int) -> torch.Tensor:
+    """``iters`` CG steps on ``normal(x) = b`` (Hermitian positive semi-definite) from ``x``."""
+    r = b - normal(x)
+    p = r.clone()
+    rr = _vdot(r, r)
+    for _ in range(iters):
+        if rr == 0.0:
+            break
+        ap = normal(p)
+        alpha = rr / max(_vdot(p, ap), 1e-300)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = _vdot(r, r)
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x
+
+
+def power_iteration(normal, shape: tuple[int, ...], iters: int = 12, seed: int = 0) -> float:
+    """Largest eigenvalue of the Hermitian ``normal`` operator (seeded random start)."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.complex(torch.randn(shape, generator=g), torch.randn(shape, generator=g))
+    lam = 0.0
+    for _ in range(iters):
+        v = v / torch.linalg.vector_norm(v)
+        w = normal(v)
+        lam = _vdot(v, w)
+        v = w
+    return lam

@@ -1,0 +1,203 @@
+"""SUMMIT reconstruction: fit the INR of :mod:`qmapinr.recon.solvers.summit_model` to the sampled lines.
+
+Loop (design.md, paper settings): per epoch a seeded permutation of the readout positions x is split into
+batches of ``cfg.batch_x``; for each batch the INR gives the maps and coil maps of those x slices, the physics
+forward (structured rank-K q^n model or the exact model) predicts the sampled lines, and the loss is
+``L1 data consistency + lambda * WNNM`` on the maps; Adam with the learning rate halved every ``lr_step``
+epochs. Timing per stage (encoding+heads, forward, loss/WNNM, backward+step) is recorded in ``info``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from qmapinr.recon.baselines.coilmaps import coil_compress, estimate_coil_maps
+from qmapinr.recon.config import SummitConfig
+from qmapinr.recon.kspace import KSpace6D, QuantMaps
+from qmapinr.recon.losses.data_consistency import l1_complex
+from qmapinr.recon.losses.noise import estimate_sigma_from_noise_scan
+from qmapinr.recon.losses.wnnm import wnnm_loss
+from qmapinr.recon.physics.forward import ExactForward, LineSubspaceOp, StructuredForward
+from qmapinr.recon.solvers.init import initial_maps
+from qmapinr.recon.solvers.prepare import readout_ifft
+from qmapinr.recon.solvers.summit_model import SummitField
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, float, "SummitField"], None]
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class _Timer:
+    """Accumulates wall time per stage name (seconds)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.totals: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        _sync(self.device)
+        now = time.perf_counter()
+        self.totals[name] = self.totals.get(name, 0.0) + now - self._t
+        self._t = now
+
+
+def _wnnm_terms(maps: dict[str, torch.Tensor], cfg: SummitConfig, sigmas: dict[str, float]) -> torch.Tensor:
+    """lambda_A WNNM(A) + lambda_T1phase WNNM([T1, B0]) + lambda_T2 WNNM([T2, T2*]) on (bx, nz, ny) slices."""
+    kw = dict(patch=cfg.wnnm_patch, window=cfg.wnnm_window, n_similar=cfg.wnnm_similar)
+    total = maps["T1"].new_zeros(())
+    groups = ((cfg.lambda_a, ("A",)), (cfg.lambda_t1_phase, ("T1", "B0")), (cfg.lambda_t2, ("T2", "T2star")))
+    for lam, names in groups:
+        if lam > 0:
+            stack = torch.stack([maps[n] for n in names], dim=1)
+            total = total + lam * wnnm_loss(stack, [sigmas[n] for n in names], **kw)
+    return total
+
+
+def _map_noise_levels(init: dict[str, torch.Tensor], mask: torch.Tensor, rel: float) -> dict[str, float]:
+    """Per-map noise std (map units) for the WNNM weights: ``rel`` x the in-mask median magnitude."""
+    out = {}
+    for name, m in init.items():
+        v = m[mask].abs()
+        out[name] = float(rel * (v.median() if v.numel() else 1.0)) + 1e-6
+    return out
+
+
+def summit_recon(kspace: KSpace6D, cfg: SummitConfig = SummitConfig(),
+                 callback: EpochCallback | None = None) -> QuantMaps:
+    """Reconstruct A, T1, T2, T2*, B0, Phase0 and a residual map with the SUMMIT INR.
+
+    Parameters
+    ----------
+    kspace : the buffered measurement (lines, header timing, geometry, noise pre-scan).
+    cfg : typed settings (defaults CPU-sized; see :class:`~qmapinr.recon.config.SummitConfig`).
+    callback : called after every epoch as ``callback(epoch, seconds_so_far, model)`` (benchmarks use it to
+        record convergence curves; its own time is excluded from the timings).
+
+    Returns
+    -------
+    :class:`QuantMaps`: float32 ``(nz, ny, nx)`` maps (0 outside ``mask``), ``info`` with the loss history,
+    stage timings, data scale and settings.
+    """
+    device = pick_device(cfg.device)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    if cfg.virtual_coils and cfg.virtual_coils < kspace.ncoils:
+        kspace, _ = coil_compress(kspace, cfg.virtual_coils)
+    nx, ny, nz = kspace.geometry.matrix
+    sens = torch.from_numpy(estimate_coil_maps(kspace))  # (C, nz, ny, nx)
+    hybrid = readout_ifft(kspace)  # (nx, C, nte, nlines)
+    scale = float(hybrid.abs().amax()) or 1.0
+    hybrid = hybrid / scale
+    sigma = estimate_sigma_from_noise_scan(kspace.noise) / scale if kspace.noise is not None else None
+    init = initial_maps(hybrid, kspace, sens)
+    timings["prepare_s"] = time.perf_counter() - t_start
+    mask = init.mask
+
+    model = SummitField(cfg, (nz, ny, nx), kspace.geometry.voxel_mm, init.maps, sens).to(device)
+    lines = (kspace.ky, kspace.kz, kspace.seg, kspace.tau)
+    if cfg.forward == "structured":
+        fwd = StructuredForward(kspace.seq, *lines, (nz, ny), rank=cfg.rank, device=device)
+        log.info("structured forward: rank %d, worst q^n basis error %.2g", cfg.rank, fwd.basis_error)
+    elif cfg.forward == "exact":
+        fwd = ExactForward(kspace.seq, *lines, (nz, ny), device=device)
+    else:
+        raise ValueError(f"SummitConfig.forward must be 'structured' or 'exact', got {cfg.forward!r}")
+    hybrid = hybrid.to(device)
+    sigmas = _map_noise_levels(init.maps, mask, 0.05)
+
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    timer = _Timer(device)
+    history: list[float] = []
+    t_loop = time.perf_counter()
+    excluded = 0.0
+    for epoch in range(cfg.epochs):
+        model.set_epoch(epoch)
+        order = torch.randperm(nx, generator=gen)
+        epoch_dc = 0.0
+        for xb in order.split(cfg.batch_x):
+            timer.mark("other")
+            maps, coil = model(xb.to(device))
+            timer.mark("inr")
+            pred = fwd(maps, coil)
+            timer.mark("forward")
+            dc = l1_complex(pred, hybrid[xb.to(device)])
+            loss = dc
+            if epoch >= cfg.wnnm_start_epoch and (cfg.lambda_a or cfg.lambda_t1_phase or cfg.lambda_t2):
+                loss = loss + _wnnm_terms(maps, cfg, sigmas)
+            timer.mark("loss")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            timer.mark("backward_step")
+            epoch_dc += float(dc.detach()) * len(xb) / nx
+        sched.step()
+        history.append(epoch_dc)
+        log.info("epoch %d/%d  DC L1 %.5g  lr %.2g", epoch + 1, cfg.epochs, epoch_dc, sched.get_last_lr()[0])
+        if callback is not None:
+            t_cb = time.perf_counter()
+            callback(epoch, t_cb - t_loop - excluded, model)
+            excluded += time.perf_counter() - t_cb
+            timer._t = time.perf_counter()
+        if cfg.plateau_rel > 0 and len(history) > 5:
+            prev = min(history[-6:-1])
+            if prev - epoch_dc < cfg.plateau_rel * prev:
+                log.info("data-consistency plateau after %d epochs: stopping", epoch + 1)
+                break
+    timings.update({f"{k}_s": v for k, v in timer.totals.items()})
+    timings["epochs_run"] = len(history)
+    timings["loop_s"] = time.perf_counter() - t_loop - excluded
+
+    out = final_maps(model, hybrid, fwd, kspace, mask, scale, cfg.batch_x)
+    timings["total_s"] = time.perf_counter() - t_start - excluded
+    out.info.update({"history": history, "timings": timings, "scale": scale, "config": cfg,
+                     "sigma_noise": sigma, "init": {k: v.numpy() for k, v in init.maps.items()}})
+    return out
+
+
+@torch.no_grad()
+def final_maps(model: SummitField, hybrid: torch.Tensor, fwd, kspace: KSpace6D, mask: torch.Tensor,
+               scale: float, batch_x: int) -> QuantMaps:
+    """Evaluate the INR on every voxel; Residual = coil-combined zero-filled image of the line residual."""
+    nx, ny, nz = kspace.geometry.matrix
+    device = hybrid.device
+    ones = torch.ones(kspace.seq.ntau, kspace.seq.nseg, 1, device=device)
+    adj = LineSubspaceOp(ones, *(torch.as_tensor(a, device=device) for a in
+                                 (kspace.ky, kspace.kz, kspace.seg, kspace.tau)), (nz, ny))
+    names = ("A", "T1", "T2", "T2star", "B0", "Phase0")
+    vols = {n: torch.zeros(nz, ny, nx) for n in names + ("Residual",)}
+    for xb in torch.arange(nx).split(batch_x):
+        maps, coil = model(xb.to(device))
+        res = fwd(maps, coil) - hybrid[xb.to(device)]  # (bx, C, E, L)
+        img = adj.adjoint(res)[..., 0, :, :]  # (bx, C, E, nz, ny)
+        rimg = (coil.conj()[:, :, None] * img).sum(1).abs().pow(2).sum(1).sqrt()  # (bx, nz, ny)
+        for n in names:
+            vols[n][:, :, xb] = maps[n].permute(1, 2, 0).float().cpu()
+        vols["Residual"][:, :, xb] = rimg.permute(1, 2, 0).float().cpu() * scale
+    vols["A"] *= scale
+    m = mask.numpy()
+    out = {n: np.where(m, v.numpy(), 0.0).astype(np.float32) for n, v in vols.items()}
+    return QuantMaps(maps=out, mask=m)

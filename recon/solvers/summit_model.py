@@ -1,0 +1,68 @@
+"""The SUMMIT field: (x, y, z) -> A, T1, T2, T2*, Phase0, B0 and coil sensitivities, evaluated per x batch.
+
+The map INR (:class:`~qmapinr.recon.inr.heads.MapINR`: hash grid + one 3x64 ReLU MLP per parameter with exp
+output, and a separate phase MLP) learns a residual around data-driven per-voxel priors
+(:mod:`qmapinr.recon.solvers.init`); coil sensitivities are either the fixed estimated maps
+(``coil_mode='estimate'``) or a small coil INR started from them (``coil_mode='inr'``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from qmapinr.recon.config import SummitConfig
+from qmapinr.recon.inr.hashgrid import voxel_coordinates
+from qmapinr.recon.inr.heads import MAG_PARAMS, CoilINR, MapINR
+
+
+class SummitField(nn.Module):
+    """INR over the (nz, ny, nx) volume, queried one batch of readout positions at a time.
+
+    Parameters
+    ----------
+    cfg : settings (grids, MLP size, coil mode, coarse-to-fine schedule).
+    shape : (nz, ny, nx).
+    voxel_mm : (x, y, z) voxel size; coordinates are isotropic in mm (largest extent -> 1).
+    priors : name -> float32 ``(nz, ny, nx)`` for A, T1, T2, T2star (positive), Phase0 (rad), B0 (Hz).
+    sens : complex64 ``(C, nz, ny, nx)`` estimated coil sensitivities.
+    """
+
+    def __init__(self, cfg: SummitConfig, shape: tuple[int, int, int], voxel_mm: tuple[float, float, float],
+                 priors: dict[str, torch.Tensor], sens: torch.Tensor) -> None:
+        super().__init__()
+        nz, ny, nx = shape
+        self.cfg = cfg
+        coords = voxel_coordinates((nz, ny, nx), (voxel_mm[2], voxel_mm[1], voxel_mm[0]))
+        self.register_buffer("coords", coords.permute(2, 0, 1, 3).contiguous())  # (nx, nz, ny, 3)
+        self.register_buffer("log_prior", torch.stack(
+            [priors[n].clamp_min(1e-6).log().permute(2, 0, 1) for n in MAG_PARAMS], -1))  # (nx, nz, ny, 4)
+        self.register_buffer("phase_prior", torch.stack(
+            [priors[n].permute(2, 0, 1) for n in ("Phase0", "B0")], -1))  # (nx, nz, ny, 2)
+        self.register_buffer("sens", sens.permute(3, 1, 2, 0).contiguous())  # (nx, nz, ny, C)
+        self.maps = MapINR(cfg.map_grid, hidden=cfg.hidden, layers=cfg.layers, seed=cfg.seed)
+        self.coil = (CoilINR(cfg.coil_grid, sens.shape[0], seed=cfg.seed + 10)
+                     if cfg.coil_mode == "inr" else None)
+        if cfg.coil_mode not in ("estimate", "inr"):
+            raise ValueError(f"SummitConfig.coil_mode must be 'estimate' or 'inr', got {cfg.coil_mode!r}")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Coarse-to-fine hook (all levels active unless the config asks otherwise)."""
+        n_levels = self.cfg.map_grid.n_levels
+        per = getattr(self.cfg, "coarse_to_fine_epochs", 0)
+        if per > 0:
+            self.maps.set_active_levels(min(n_levels, 1 + epoch // per))
+
+    def forward(self, xb: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """xb int64 ``(bx,)`` -> maps name -> ``(bx, nz, ny)`` and complex sensitivities ``(bx, C, nz, ny)``."""
+        coords = self.coords[xb]  # (bx, nz, ny, 3)
+        shape = coords.shape[:3]
+        pts = coords.reshape(-1, 3)
+        lp = self.log_prior[xb].reshape(-1, len(MAG_PARAMS)).exp()
+        pp = self.phase_prior[xb].reshape(-1, 2)
+        out = self.maps(pts, phase0_prior=pp[:, 0], b0_prior=pp[:, 1],
+                        mag_prior={n: lp[:, i] for i, n in enumerate(MAG_PARAMS)})
+        maps = {k: v.reshape(shape) for k, v in out.items()}
+        prior = self.sens[xb].reshape(-1, self.sens.shape[-1])
+        sens = prior if self.coil is None else self.coil(pts, prior)
+        return maps, sens.reshape(shape + (-1,)).permute(0, 3, 1, 2)

@@ -1,0 +1,171 @@
+"""MRDConnection handshake and framing over a socketpair (no server, no processes)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import sys
+from pathlib import Path
+
+import ismrmrd
+import numpy as np
+import pytest
+
+from qmapinr.gadgets.connection import (
+    ClientDisconnected,
+    MRDConnection,
+    ProtocolError,
+    chain_name_from_file,
+    flatten_parameters,
+    parse_config_text,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+import mrd_test_client as mc  # noqa: E402
+
+HEADER_XML = ismrmrd.xsd.ToXML(
+    ismrmrd.xsd.ismrmrdHeader(
+        experimentalConditions=ismrmrd.xsd.experimentalConditionsType(H1resonanceFrequency_Hz=127_000_000),
+        encoding=[ismrmrd.xsd.encodingType(
+            encodedSpace=ismrmrd.xsd.encodingSpaceType(
+                matrixSize=ismrmrd.xsd.matrixSizeType(x=8, y=4, z=1),
+                fieldOfView_mm=ismrmrd.xsd.fieldOfViewMm(x=80, y=40, z=5)),
+            reconSpace=ismrmrd.xsd.encodingSpaceType(
+                matrixSize=ismrmrd.xsd.matrixSizeType(x=8, y=4, z=1),
+                fieldOfView_mm=ismrmrd.xsd.fieldOfViewMm(x=80, y=40, z=5)),
+            encodingLimits=ismrmrd.xsd.encodingLimitsType(),
+            trajectory=ismrmrd.xsd.trajectoryType.CARTESIAN)],
+    )
+)
+
+STREAM_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<configuration><version>2</version>
+  <readers><reader><dll>gadgetron_core_readers</dll><classname>AcquisitionReader</classname></reader></readers>
+  <writers><writer><dll>gadgetron_core_writers</dll><classname>ImageWriter</classname></writer></writers>
+  <stream><external>
+      <execute name="qmapinr.gadgets.chains" target="summit" type="python"/>
+      <configuration><property name="epochs" value="3"/></configuration>
+  </external></stream>
+</configuration>"""
+
+
+def _acq(value: float) -> ismrmrd.Acquisition:
+    return ismrmrd.Acquisition.from_array(np.full((2, 8), value, dtype=np.complex64))
+
+
+class _Capture:
+    """Collects the bytes a send helper of the test client would write."""
+
+    def __init__(self):
+        self.data = b""
+
+    def sendall(self, data):
+        self.data += data
+
+
+def _frames(*steps) -> bytes:
+    """Bytes of a client session built with the independent test client's framing."""
+    client = mc.MRDTestClient.__new__(mc.MRDTestClient)
+    client.sock = _Capture()
+    for name, *args in steps:
+        getattr(client, name)(*args)
+    return client.sock.data
+
+
+def _connect(payload: bytes, shut: bool = True) -> tuple[MRDConnection, socket.socket]:
+    server_side, client_side = socket.socketpair()
+    client_side.sendall(payload)
+    if shut:
+        client_side.shutdown(socket.SHUT_WR)
+    return MRDConnection(server_side, timeout=5), client_side
+
+
+def test_config_file_id1_header_and_close():
+    payload = _frames(("send_config_file", "/opt/configs/summit.xml"), ("send_header", HEADER_XML),
+                      ("send_acquisition", _acq(1)), ("send_acquisition", _acq(2)), ("send_close",))
+    conn, peer = _connect(payload)
+    assert conn.chain_name == "summit" and conn.config is None and conn.parameters == {}
+    assert conn.header.encoding[0].encodedSpace.matrixSize.x == 8
+    values = [float(a.data[0, 0].real) for a in conn]
+    assert values == [1.0, 2.0] and conn.ended_by == "close" and conn.counts[1008] == 2
+    conn.close(linger=0)
+    conn.close(linger=0)  # idempotent: CLOSE goes out once
+    assert peer.recv(100) == struct.pack("<H", 4)
+
+
+def test_config_text_stream_xml_with_nul_and_json_parameters():
+    payload = _frames(("send_config_text", STREAM_XML), ("send_header", HEADER_XML),
+                      ("send_parameters", {"epochs": 2, "map_grid": {"n_levels": 4}, "verbose": True}),
+                      ("send_acquisition", _acq(1)), ("send_text", "halfway"), ("send_acquisition", _acq(2)),
+                      ("send_close",))
+    conn, _ = _connect(payload)
+    assert conn.chain_name == "summit"
+    assert [(p.get("name"), p.get("value")) for p in conn.config.iter("property")] == [("epochs", "3")]
+    assert conn.parameters == {"epochs": "2", "map_grid.n_levels": "4", "verbose": "true"}
+    assert len(list(conn)) == 2 and conn.messages == ["halfway"] and conn.counts[5] == 1
+
+
+def test_bare_name_in_config_text_and_no_parameters():
+    conn, _ = _connect(_frames(("send_config_text", "lorein.xml"), ("send_header", HEADER_XML), ("send_close",)))
+    assert conn.chain_name == "lorein" and conn.config is None and list(conn) == []
+
+
+def test_eof_without_close_ends_stream_keeping_items():
+    payload = _frames(("send_config_text", "summit"), ("send_header", HEADER_XML), ("send_acquisition", _acq(5)))
+    partial = _frames(("send_acquisition", _acq(6)))[:40]  # the peer dies in the middle of a message
+    conn, _ = _connect(payload + partial)
+    items = list(conn)
+    assert len(items) == 1 and conn.ended_by == "eof"
+
+
+def test_send_to_gone_client_raises_and_close_survives():
+    conn, peer = _connect(_frames(("send_config_text", "summit"), ("send_header", HEADER_XML), ("send_close",)))
+    peer.close()
+    image = ismrmrd.Image.from_array(np.zeros((4, 8), np.float32))
+    with pytest.raises(ClientDisconnected):
+        for _ in range(50):  # the first writes may still be buffered by the kernel
+            conn.send(image)
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    "steps, message",
+    [
+        ((("send_header", HEADER_XML),), "expected CONFIG_FILE (1) or CONFIG_TEXT (2)"),
+        ((("send_config_text", "summit"), ("send_close",)), "expected HEADER (3)"),
+        ((("send_config_text", "summit"), ("send_header", "<not a header/>")), "not a valid ISMRMRD header"),
+        ((("send_config_text", "<configuration><stream/>"),), "neither a chain name nor valid XML"),
+        ((("send_config_text", "<configuration><stream/></configuration>"),), "no <external><execute"),
+        ((("send_config_text", "summit"), ("send_header", HEADER_XML), ("send_text", "{bad json")),
+         "not valid JSON"),
+        ((("send_config_text", "summit"), ("send_header", HEADER_XML), ("send_text", "[1, 2]")),
+         "must be an object"),
+    ],
+)
+def test_garbled_handshake_is_a_clear_error(steps, message):
+    with pytest.raises(ProtocolError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _connect(_frames(*steps))
+
+
+def test_unknown_message_id_mid_stream():
+    payload = _frames(("send_config_text", "summit"), ("send_header", HEADER_XML)) + struct.pack("<H", 777)
+    conn, _ = _connect(payload)
+    with pytest.raises(ProtocolError, match="unknown"):
+        list(conn)
+
+
+def test_disconnect_during_handshake():
+    with pytest.raises(ClientDisconnected, match="before sending the header"):
+        _connect(_frames(("send_config_text", "summit")))
+
+
+def test_name_helpers():
+    assert chain_name_from_file("C:\\cfg\\Summit.XML") == "Summit"
+    assert chain_name_from_file("baseline") == "baseline"
+    with pytest.raises(ProtocolError):
+        chain_name_from_file(".xml")
+    name, cfg = parse_config_text(STREAM_XML)
+    assert name == "summit" and cfg.tag == "configuration"
+    assert flatten_parameters({"a": {"b": {"c": 1.5}}}) == {"a.b.c": "1.5"}
+    with pytest.raises(ProtocolError):
+        flatten_parameters({"a": [1]})
