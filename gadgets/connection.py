@@ -12,8 +12,8 @@ python-ismrmrd-server client and others) differ in three ways, all handled here:
   TEXT messages later in the stream are logged and kept in :attr:`MRDConnection.messages`.
 
 The shipped socket wrapper loops forever when the peer closes mid-message; :class:`SocketStream` raises
-:class:`ClientDisconnected` instead. A stream that ends without CLOSE (peer gone, or only its sending side shut
-down) ends the iteration like CLOSE does, so the chain's buffer stage still emits what was received; the
+:class:`ClientDisconnected` instead. A stream that ends without CLOSE (peer gone, or only its sending side
+shut down) ends the iteration like CLOSE does, so the chain's buffer stage still emits what was received; the
 connection records ``ended_by = "eof"``.
 """
 
@@ -104,9 +104,9 @@ class SocketStream:
             raise ClientDisconnected(f"write failed: {exc}") from exc
 
     def close(self, linger: float = 0.0) -> None:
-        """Close; with ``linger`` > 0 first shut down the sending side and discard input until the peer closes
-        (at most ``linger`` s), so that closing with unread input does not reset the connection before the peer
-        has read what was sent (e.g. an error TEXT followed by CLOSE)."""
+        """Close; with ``linger`` > 0 first shut down the sending side and discard input until the peer
+        closes (at most ``linger`` s), so that closing with unread input does not reset the connection before
+        the peer has read what was sent (e.g. an error TEXT followed by CLOSE)."""
         if linger > 0:
             try:
                 self.socket.shutdown(socket.SHUT_WR)
@@ -254,8 +254,8 @@ class MRDConnection(Connection):
     """
 
     def __init__(self, sock: socket.socket, timeout: float | None = None):
-        # The base __init__ is not called: it wraps the socket in a reader that spins forever on EOF and asserts
-        # CONFIG_TEXT first. Everything it sets up is set up here.
+        # The base __init__ is not called: it wraps the socket in a reader that spins forever on EOF and
+        # asserts CONFIG_TEXT first. Everything it sets up is set up here.
         self.socket = sock if isinstance(sock, SocketStream) else SocketStream(sock, timeout)
         self.readers = Connection._default_readers()
         self.writers = Connection._default_writers()
@@ -274,7 +274,7 @@ class MRDConnection(Connection):
         self.header, self.raw_bytes.header = self._read_header()
         self._read_parameters()
 
-    # -- handshake ---------------------------------------------------------------------------------------------
+    # -- handshake -------------------------------------------------------------------------------------------
     def _read_config(self):
         mid = self._read_handshake_id("a configuration")
         if mid == C.GADGET_MESSAGE_FILENAME:
@@ -333,7 +333,7 @@ class MRDConnection(Connection):
         except ClientDisconnected as exc:
             raise ClientDisconnected(f"client closed the connection before sending {what}") from exc
 
-    # -- stream --------------------------------------------------------------------------------------------------
+    # -- stream ----------------------------------------------------------------------------------------------
     def _read_message_identifier(self) -> int:
         if self._pending_mid is not None:
             mid, self._pending_mid = self._pending_mid, None
@@ -368,7 +368,7 @@ class MRDConnection(Connection):
                 continue
             return mid, item
 
-    # -- sending -------------------------------------------------------------------------------------------------
+    # -- sending ---------------------------------------------------------------------------------------------
     def send(self, item) -> None:
         """Send an item (Image, Acquisition, ..., or ``str`` as TEXT); raises :class:`ClientDisconnected`."""
         super().send(item)
@@ -380,8 +380,8 @@ class MRDConnection(Connection):
         write_text(self.socket, text)
 
     def close(self, linger: float = 2.0) -> None:
-        """Send CLOSE (4) once (a failure is logged: the client may be gone), then close the socket, discarding
-        unread input for at most ``linger`` s (see :meth:`SocketStream.close`)."""
+        """Send CLOSE (4) once (a failure is logged: the client may be gone), then close the socket,
+        discarding unread input for at most ``linger`` s (see :meth:`SocketStream.close`)."""
         if self._closed:
             return
         self._closed = True

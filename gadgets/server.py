@@ -1,40 +1,45 @@
 """Standalone MRD server: ``qmapinr serve`` runs the project's chains for MRD clients without Gadgetron.
 
-A client connects, sends CONFIG (id 1: a file name such as ``summit.xml``; or id 2: a chain name or a Gadgetron
-stream configuration), HEADER (3), optionally a TEXT (5) with JSON parameters, then ACQUISITIONS (1008) and
-CLOSE (4); it receives IMAGES (1022), TEXT (5) status/errors and CLOSE (4). The chain named by the configuration
-(``qmapinr.gadgets.chains.CHAINS``) runs over a :class:`qmapinr.gadgets.connection.MRDConnection` exactly as it
-would under Gadgetron 4's external Python gadget.
+A client connects, sends CONFIG (id 1: a file name such as ``summit.xml``; or id 2: a chain name or a
+Gadgetron stream configuration), HEADER (3), optionally a TEXT (5) with JSON parameters, then ACQUISITIONS
+(1008) and CLOSE (4); it receives IMAGES (1022), TEXT (5) status/errors and CLOSE (4). The chain named by the
+configuration (``qmapinr.gadgets.chains.CHAINS``) runs over a
+:class:`qmapinr.gadgets.connection.MRDConnection` exactly as it would under Gadgetron 4's external Python
+gadget.
 
 Concurrency
 -----------
 Each client is served in its own process (``multiprocessing`` with the ``spawn`` start method; the accepted
 socket is handed to the child). The reconstruction is CPU-bound PyTorch with many small Python-level steps per
-epoch, so threads would contend for the GIL; separate processes also isolate failures (an exception, a crash or
-running out of memory ends one connection, never the server), return all memory when a connection ends, and let
-each connection get its own torch thread budget (``OMP_NUM_THREADS`` = cores // max_connections unless already
-set). ``spawn`` (not ``fork``) because forking a process that may hold torch/OpenMP thread pools is unsafe; its
-cost (a fresh interpreter importing the chain, about 1-3 s) is small next to a reconstruction. ``workers="thread"``
-serves clients in threads of the server process instead (for debugging or where processes are unwanted).
+epoch, so threads would contend for the GIL; separate processes also isolate failures (an exception, a crash
+or running out of memory ends one connection, never the server), return all memory when a connection ends, and
+let each connection get its own torch thread budget (``OMP_NUM_THREADS`` = cores // max_connections unless
+already set). ``spawn`` (not ``fork``) because forking a process that may hold torch/OpenMP thread pools is
+unsafe; its cost (a fresh interpreter importing the chain, about 1-3 s) is small next to a reconstruction.
+``workers="thread"`` serves clients in threads of the server process instead (for debugging or where processes
+are unwanted).
 
-At most ``max_connections`` clients are served at once. With ``when_busy="wait"`` (default) further clients are not
-accepted until a slot frees: they wait in the listen backlog (their connect succeeds, their data waits in kernel
-buffers). With ``when_busy="reject"`` they are accepted and immediately get TEXT "busy ..." followed by CLOSE.
+At most ``max_connections`` clients are served at once. With ``when_busy="wait"`` (default) further clients
+are not accepted until a slot frees: they wait in the listen backlog (their connect succeeds, their data waits
+in kernel buffers). With ``when_busy="reject"`` they are accepted and immediately get TEXT "busy ..." followed
+by CLOSE.
 
 Errors and disconnects
 ----------------------
-Any failure of one connection (unknown chain, garbled message, bad header, an exception in the chain) is sent to
-that client as a TEXT message followed by CLOSE, logged, and ends only that connection. A client that disconnects
-mid-stream ends the stream: the chain's buffer stage still processes everything received (nothing received is
-dropped); sending the results then fails, which is logged. Every connection is logged at the end with its peer,
-chain, status, acquisitions received, images sent and duration; :attr:`MRDServer.reports` keeps these records.
+Any failure of one connection (unknown chain, garbled message, bad header, an exception in the chain) is sent
+to that client as a TEXT message followed by CLOSE, logged, and ends only that connection. A client that
+disconnects mid-stream ends the stream: the chain's buffer stage still processes everything received (nothing
+received is dropped); sending the results then fails, which is logged. Every connection is logged at the end
+with its peer, chain, status, acquisitions received, images sent and duration; :attr:`MRDServer.reports` keeps
+these records.
 
 Signals
 -------
 SIGTERM or SIGINT (when serving in the main thread): stop accepting, let running connections finish for up to
 ``shutdown_timeout`` s, then terminate the remaining workers (a process worker answers its client with TEXT
 "server shutting down" and CLOSE), and return 0. A second signal skips the wait. Workers ignore SIGINT, so a
-Ctrl-C in a terminal reaches only the server's shutdown logic.
+Ctrl-C in a terminal reaches only the server's shutdown logic. Clients still waiting in the listen backlog
+when the listener closes are reset by the kernel (they were never accepted).
 """
 
 from __future__ import annotations
@@ -44,10 +49,12 @@ import importlib
 import logging
 import multiprocessing
 import os
+import pickle
 import queue
 import select
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -86,8 +93,8 @@ class ServerShutdown(Exception):
 class ConnectionReport:
     """What happened on one connection (logged by the server, kept in :attr:`MRDServer.reports`).
 
-    ``status``: "ok" (CLOSE received, chain finished), "eof" (stream ended without CLOSE; what was received was
-    processed), "disconnected" (the client left; sending failed), "error" (sent to the client as TEXT),
+    ``status``: "ok" (CLOSE received, chain finished), "eof" (stream ended without CLOSE; what was received
+    was processed), "disconnected" (the client left; sending failed), "error" (sent to the client as TEXT),
     "rejected" (server busy), "crashed" (worker died without a report; ``error`` holds its exit code).
     """
 
@@ -107,7 +114,7 @@ class ConnectionReport:
 
 
 def load_chains(spec: ChainSpec = None) -> Mapping[str, Callable[[Any], None]]:
-    """The chain registry: a mapping as given, ``"module:ATTRIBUTE"`` imported, None -> the project's CHAINS."""
+    """Chain registry: a mapping as given, ``"module:ATTRIBUTE"`` imported, None -> the project's CHAINS."""
     if spec is None:
         spec = DEFAULT_CHAINS
     if isinstance(spec, str):
@@ -221,6 +228,8 @@ def _process_worker(sock, peer, number, chains, options, reports, log_level, thr
     logging.basicConfig(level=log_level, format=LOG_FORMAT)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     os.environ.setdefault("MKL_NUM_THREADS", str(threads))
+    if "torch" in sys.modules:  # imported while unpickling the chains: too late for the variables above
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     report = handle_client(sock, peer, chains, number=number, **options)
     reports.put(report)
 
@@ -282,6 +291,12 @@ class MRDServer:
             raise ValueError(f"when_busy must be 'wait' or 'reject', got {when_busy!r}")
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        if workers == "process" and chains is not None and not isinstance(chains, str):
+            try:
+                pickle.dumps(chains)
+            except (pickle.PicklingError, AttributeError, TypeError) as exc:
+                hint = "process workers need picklable chains (module-level functions)"
+                raise ValueError(f"{hint}: {exc}") from exc
         self.host, self.port, self.max_connections = host, port, max_connections
         self.chains, self.workers, self.when_busy = chains, workers, when_busy
         self.shutdown_timeout = shutdown_timeout
@@ -340,7 +355,7 @@ class MRDServer:
         logger.info("qmapinr MRD server stopped after %d connections", self._count)
         return 0
 
-    # -- internals -----------------------------------------------------------------------------------------------
+    # -- internals -------------------------------------------------------------------------------------------
     def _install_signal_handlers(self) -> dict:
         if threading.current_thread() is not threading.main_thread():
             return {}
@@ -367,22 +382,30 @@ class MRDServer:
         if len(self._active) >= self.max_connections:
             message = f"busy: {len(self._active)} connections running (max {self.max_connections}); try later"
             logger.warning("connection #%d from %s rejected: %s", number, peer, message)
-            threading.Thread(target=_reject, args=(sock, message, self.options["linger"]), daemon=True).start()
+            linger = self.options["linger"]
+            threading.Thread(target=_reject, args=(sock, message, linger), daemon=True).start()
             self._record(ConnectionReport(number, peer, status="rejected", error=message))
             return
         logger.info("connection #%d from %s accepted (%d running)", number, peer, len(self._active) + 1)
-        if self.workers == "process":
-            worker = self._ctx.Process(
-                target=_process_worker, name=f"qmapinr-conn-{number}",
-                args=(sock, peer, number, self.chains, self.options, self._queue,
-                      logging.getLogger().getEffectiveLevel(), self.threads),
-            )
-            worker.start()
-            sock.close()  # the child holds its own duplicate
-        else:
-            worker = threading.Thread(target=self._thread_worker, args=(sock, peer, number),
-                                      name=f"qmapinr-conn-{number}", daemon=True)
-            worker.start()
+        try:
+            if self.workers == "process":
+                worker = self._ctx.Process(
+                    target=_process_worker, name=f"qmapinr-conn-{number}",
+                    args=(sock, peer, number, self.chains, self.options, self._queue,
+                          logging.getLogger().getEffectiveLevel(), self.threads),
+                )
+                worker.start()
+                sock.close()  # the child holds its own duplicate
+            else:
+                worker = threading.Thread(target=self._thread_worker, args=(sock, peer, number),
+                                          name=f"qmapinr-conn-{number}", daemon=True)
+                worker.start()
+        except (OSError, RuntimeError, pickle.PicklingError) as exc:  # e.g. no more processes/threads
+            message = f"qmapinr error: could not start a worker: {exc}"
+            logger.error("connection #%d from %s: %s", number, peer, message)
+            threading.Thread(target=_reject, args=(sock, message, 0.0), daemon=True).start()
+            self._record(ConnectionReport(number, peer, status="error", error=message))
+            return
         self._active[number] = (worker, peer)
 
     def _thread_worker(self, sock, peer, number) -> None:
@@ -465,19 +488,21 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1; 0.0.0.0 for all interfaces)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (default %(default)s; 0 = any)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help="TCP port (default %(default)s; 0 = any free port)")
     parser.add_argument("--max-connections", type=int, default=4, help="clients served at once (default 4)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--when-busy", choices=["wait", "reject"], default="wait",
                         help="extra clients wait in the backlog or get TEXT 'busy' + CLOSE (default wait)")
     parser.add_argument("--workers", choices=["process", "thread"], default="process")
-    parser.add_argument("--chains", default=None, help=f"chain registry MODULE:ATTR (default {DEFAULT_CHAINS})")
+    parser.add_argument("--chains", default=None,
+                        help=f"chain registry MODULE:ATTR (default {DEFAULT_CHAINS})")
     parser.add_argument("--config-dir", default=None,
-                        help="folder of NAME.xml stream configurations applied when a client sends only a name")
+                        help="folder of NAME.xml stream configurations used when a client sends only a name")
     parser.add_argument("--shutdown-timeout", type=float, default=60.0,
                         help="seconds running connections may finish after SIGTERM (default 60)")
     parser.add_argument("--idle-timeout", type=float, default=600.0,
-                        help="seconds a read/write on a client may block (default 600)")
+                        help="seconds a read/write on a client may block (default 600; 0 = no limit)")
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -492,7 +517,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m qmapinr.gadgets.server [options]`` (same options as ``qmapinr serve``)."""
-    parser = argparse.ArgumentParser(prog="python -m qmapinr.gadgets.server", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m qmapinr.gadgets.server",
+                                     description=__doc__.split("\n")[0])
     _add_serve_arguments(parser)
     return run_serve(parser.parse_args(argv))
 

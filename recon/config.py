@@ -52,7 +52,8 @@ class SummitConfig:
         default_factory=lambda: HashGridConfig(n_levels=4, log2_hashmap_size=10, base_resolution=2,
                                                per_level_scale=1.5)
     )
-    coil_mode: str = "estimate"  # "estimate" (fixed low-res ratio maps) or "inr" (jointly fitted coil INR)
+    coil_mode: str = "jsense"  # "ratio" / "jsense" (fixed estimated maps) or "inr" (coil INR from the jsense maps)
+    coil_refine_iters: int = 4  # JSENSE alternations of the coil-map estimate
     forward: str = "structured"  # "structured" (rank-K q^n subspace) or "exact"
     rank: int = 8
     virtual_coils: int = 0  # 0 = no coil compression

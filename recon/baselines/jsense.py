@@ -100,8 +100,11 @@ def refine_coil_maps(
         def m_adj(r: torch.Tensor, x=x) -> torch.Tensor:  # lines -> maps
             return (x[:, None].conj() * op.op.adjoint(r)).sum((2, 3))
 
-        def normal(sg: torch.Tensor) -> torch.Tensor:
-            return lowres.adjoint(m_adj(m_fwd(lowres.forward(sg))))
+        def normal(sg: torch.Tensor, x=x) -> torch.Tensor:  # L^H M^H M L through the temporal PSF
+            s = lowres.forward(sg)
+            out = [(x[b:b + op.bx, None].conj() * op.gram(s[b:b + op.bx, :, None, None] * x[b:b + op.bx, None]))
+                   .sum((2, 3)) for b in range(0, s.shape[0], op.bx)]
+            return lowres.adjoint(torch.cat(out, 0))
 
         lmax = power_iteration(normal, tuple(sigma.shape), iters=6, seed=seed + it)
         mu = ridge * lmax

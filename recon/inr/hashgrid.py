@@ -1,19 +1,22 @@
-"""Multiresolution hash encoding (Mueller et al. 2022, "Instant-NGP") in pure PyTorch, plus a tiny-cuda-nn switch.
+"""Multiresolution hash encoding (Mueller et al. 2022, Instant-NGP) in pure PyTorch; tiny-cuda-nn switch.
 
-Level ``l`` divides the unit cube into ``cells_l = floor(base_resolution * per_level_scale**l)`` cells per axis, i.e.
-``(cells_l + 1)**D`` vertices. A level whose vertices fit in the table (``(cells_l + 1)**D <= 2**log2_hashmap_size``)
-is stored DENSE (direct row-major indexing, collision-free, only ``(cells_l + 1)**D`` rows); finer levels use the
-Instant-NGP spatial hash ``(c_0 * 1) ^ (c_1 * 2654435761) ^ (c_2 * 805459861) & (T - 1)`` into ``T`` rows. All levels
-live in ONE ``nn.Parameter`` ``table`` of shape ``(total_rows, n_features_per_level)`` with per-level row offsets, so
-the 2**D corner lookups of all levels are a single gather and the gradient a single scatter.
+Level ``l`` divides the unit cube into ``cells_l = floor(base_resolution * per_level_scale**l)`` cells per
+axis, i.e. ``(cells_l + 1)**D`` vertices. A level whose vertices fit in the table
+(``(cells_l + 1)**D <= 2**log2_hashmap_size``) is stored DENSE (direct row-major indexing, collision-free,
+only ``(cells_l + 1)**D`` rows); finer levels use the Instant-NGP spatial hash
+``((c_0 * 1) ^ (c_1 * 2654435761) ^ (c_2 * 805459861)) & (T - 1)`` into ``T`` rows. All levels live in ONE
+``nn.Parameter`` ``table`` of shape ``(total_rows, n_features_per_level)`` with per-level row offsets, so the
+2**D corner lookups of all levels are a single gather and the gradient a single scatter.
 
-Coordinates: float32 ``(N, D)`` in ``[0, 1]`` (values outside are clamped). The encoding has no notion of voxel size:
-for an anisotropic volume the CALLER normalises, e.g. with :func:`voxel_coordinates`, dividing every axis by the
-largest physical extent so that one grid cell has the same size in mm along every axis and the short axes span
-``[0, extent_d / max_extent]`` (the unused part of the table is then simply never touched).
+Coordinates: float32 ``(N, D)`` in ``[0, 1]`` (values outside are clamped). The encoding has no notion of
+voxel size: for an anisotropic volume the CALLER normalises, e.g. with :func:`voxel_coordinates`, dividing
+every axis by the largest physical extent so that one grid cell has the same size in mm along every axis and
+the short axes span ``[0, extent_d / max_extent]`` (the unused part of the table is then simply never
+touched).
 
-Differences from tiny-cuda-nn (so weights are not interchangeable): vertices sit at ``k / cells_l`` (tcnn adds a
-half-cell offset and uses ``ceil(base * s**l - 1) + 1`` vertices), and dense levels are not padded to a multiple of 8.
+Differences from tiny-cuda-nn (so weights are not interchangeable): vertices sit at ``k / cells_l`` (tcnn adds
+a half-cell offset and uses ``ceil(base * s**l - 1) + 1`` vertices), and dense levels are not padded to a
+multiple of 8.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 21652197
 
 
 def _units(table: torch.Tensor, fast: bool) -> torch.Tensor:
-    """View ``table`` (M, F) as gather units: complex (M,) for F=2 / (M, F/2) for even F when ``fast``, else (M, F).
+    """View ``table`` (M, F) as gather units: complex (M,) if F=2, (M, F/2) if F even (``fast``), else (M, F).
 
     Gathering and scattering whole 8-byte complex scalars along a 1-D tensor is 3-4x faster on CPU than moving
     2-float rows, and keeps every elementwise op free of a tiny broadcast trailing axis.
@@ -64,13 +67,14 @@ def _from_units(u: torch.Tensor, nf: int) -> torch.Tensor:
 
 
 class _GridGather(torch.autograd.Function):
-    """``out[l, n] = sum_c w[c, l, n] * table[idx[c, l, n]]`` with a hand-written (dense or sparse) table gradient.
+    """``out[l, n] = sum_c w[c, l, n] * table[idx[c, l, n]]`` with a hand-written (dense or sparse) gradient.
 
-    Shapes: table (M, F); idx int64 (C, L, N); w float (C, L, N); out (L, N, F). Points are the innermost axis so
-    the elementwise ops run over long contiguous rows. With ``fast`` (CPU, even F) rows are gathered and scattered
-    as complex scalars (see :func:`_units`). The dense backward is one ``scatter_add_``/``index_add_`` into a
-    zero table (much faster on CPU than autograd's ``index_put_(accumulate=True)``); the sparse backward returns
-    an uncoalesced COO tensor (for :class:`torch.optim.SparseAdam`).
+    Shapes: table (M, F); idx int64 (C, L, N); w float (C, L, N); out (L, N, F). Points are the innermost axis
+    so the elementwise ops run over long contiguous rows. With ``fast`` (CPU, even F) rows are gathered and
+    scattered as complex scalars (see :func:`_units`). The dense backward is one
+    ``scatter_add_``/``index_add_`` into a zero table (much faster on CPU than autograd's
+    ``index_put_(accumulate=True)``); the sparse backward returns an uncoalesced COO tensor (for
+    :class:`torch.optim.SparseAdam`).
     """
 
     @staticmethod
@@ -96,9 +100,8 @@ class _GridGather(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             vals = (wv * g.unsqueeze(0)).reshape(-1, *units.shape[1:])
             if ctx.sparse:
-                grad_table = torch.sparse_coo_tensor(
-                    flat.view(1, -1), _from_units(vals, nf).reshape(-1, nf), table.shape, check_invariants=False
-                )
+                grad_table = torch.sparse_coo_tensor(flat.view(1, -1), _from_units(vals, nf).reshape(-1, nf),
+                                                     table.shape, check_invariants=False)
             else:
                 gu = torch.zeros_like(units)
                 if gu.ndim == 1:
@@ -117,9 +120,9 @@ class _GridGather(torch.autograd.Function):
 def _combine(parts: list[torch.Tensor], op: str, out: torch.Tensor | None = None) -> torch.Tensor:
     """Combine per-axis (lower, upper) corner values ``parts[k]`` (2, L, N) over D axes into (2**D, L, N).
 
-    Corner ``c`` takes the upper value of axis ``k`` iff bit ``D-1-k`` of ``c`` is set (axis 0 most significant).
-    The Python loop runs over the D axes only; each step is one op broadcasting over LEADING axes (fast on CPU).
-    ``out`` (optional, not autograd-tracked) receives the result without an extra copy.
+    Corner ``c`` takes the upper value of axis ``k`` iff bit ``D-1-k`` of ``c`` is set (axis 0 most
+    significant). The Python loop runs over the D axes only; each step is one op broadcasting over LEADING
+    axes (fast on CPU). ``out`` (optional, not autograd-tracked) receives the result without an extra copy.
     """
     fn = {"add": torch.add, "xor": torch.bitwise_xor, "mul": torch.mul}[op]
     tail = parts[0].shape[1:]
@@ -143,15 +146,17 @@ class HashEncoding(nn.Module):
     ----------
     cfg : HashGridConfig
         ``n_levels``, ``n_features_per_level``, ``log2_hashmap_size``, ``base_resolution`` (cells per axis of
-        level 0), ``per_level_scale``. ``cfg.implementation`` is ignored here (this class IS the torch backend; use
-        :func:`make_encoding` to dispatch).
+        level 0), ``per_level_scale``. ``cfg.implementation`` is ignored here (this class IS the torch
+        backend; use :func:`make_encoding` to dispatch).
     n_input_dims : int
         D, 1..7 (3 for volumes).
     sparse_grad : bool
-        If True the table gradient is a sparse COO tensor; optimise ``table`` with :class:`torch.optim.SparseAdam`
-        (see :func:`split_parameters`). Dense (False) is the default; ``bench_encoding`` measures both.
+        If True the table gradient is a sparse COO tensor; optimise ``table`` with
+        :class:`torch.optim.SparseAdam` (see :func:`split_parameters`). Dense (False) is the default;
+        ``bench_encoding`` measures both.
     seed : int or None
-        Seed for the table initialisation (uniform in [-1e-4, 1e-4] as tiny-cuda-nn); None uses the global RNG.
+        Seed for the table initialisation (uniform in [-1e-4, 1e-4] as tiny-cuda-nn); None uses the global
+        RNG.
 
     Attributes
     ----------
@@ -179,7 +184,7 @@ class HashEncoding(nn.Module):
         self.n_features_per_level = cfg.n_features_per_level
         self.n_output_dims = cfg.n_levels * cfg.n_features_per_level
         self.sparse_grad = sparse_grad
-        #: gather/scatter table rows as complex64 scalars on CPU (even F); False = plain float rows (any device)
+        #: gather/scatter table rows as complex scalars on CPU (even F); False = plain float rows (any device)
         self.fast_gather = True
         size = 1 << cfg.log2_hashmap_size
         self.hashmap_size = size
@@ -291,14 +296,16 @@ class HashEncoding(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"levels={self.n_levels}, features={self.n_features_per_level}, "
-                f"table=2^{self.cfg.log2_hashmap_size}, cells={self.cells}, dense_levels={self.dense_levels}, "
-                f"rows={self.table.shape[0]}, sparse_grad={self.sparse_grad}")
+                f"table=2^{self.cfg.log2_hashmap_size}, cells={self.cells}, "
+                f"dense_levels={self.dense_levels}, rows={self.table.shape[0]}, "
+                f"sparse_grad={self.sparse_grad}")
 
 
 class TcnnEncoding(nn.Module):
     """tiny-cuda-nn ``HashGrid`` encoding with the :class:`HashEncoding` interface (CUDA only).
 
-    Output is cast to float32. ``active_levels`` zeroes the trailing levels' columns (tcnn still computes them).
+    Output is cast to float32. ``active_levels`` zeroes the trailing levels' columns (tcnn still computes
+    them).
     """
 
     def __init__(self, cfg: HashGridConfig, n_input_dims: int = 3) -> None:
@@ -360,11 +367,12 @@ def make_encoding(cfg: HashGridConfig, n_input_dims: int = 3, sparse_grad: bool 
             return TcnnEncoding(cfg, n_input_dims)
         log.info("hash grid: using the pure-PyTorch encoding (%s)", why)
         return HashEncoding(cfg, n_input_dims, sparse_grad=sparse_grad, seed=seed)
-    raise ValueError(f"HashGridConfig.implementation must be 'torch', 'tcnn' or 'auto', got {cfg.implementation!r}")
+    raise ValueError(f"HashGridConfig.implementation must be 'torch', 'tcnn' or 'auto', "
+                     f"got {cfg.implementation!r}")
 
 
 def split_parameters(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(sparse, dense) parameter lists: tables of :class:`HashEncoding` with ``sparse_grad`` go to SparseAdam."""
+    """(sparse, dense) parameter lists; sparse = tables of :class:`HashEncoding` with ``sparse_grad``."""
     sparse_ids = {id(m.table) for m in module.modules() if isinstance(m, HashEncoding) and m.sparse_grad}
     sparse = [p for p in module.parameters() if id(p) in sparse_ids]
     dense = [p for p in module.parameters() if id(p) not in sparse_ids]
@@ -375,9 +383,9 @@ def voxel_coordinates(shape: tuple[int, ...], spacing_mm: tuple[float, ...] | No
                       device: torch.device | str | None = None) -> torch.Tensor:
     """Normalised voxel-centre coordinates for an array of ``shape`` with voxel size ``spacing_mm``.
 
-    Axis ``k`` of the result corresponds to array axis ``k`` (so for maps ``(nz, ny, nx)`` the columns are z, y, x).
-    Every axis is divided by the LARGEST physical extent ``max_k shape[k] * spacing_mm[k]``, so grid cells are
-    isotropic in mm and axis ``k`` spans ``[0, extent_k / max_extent]``.
+    Axis ``k`` of the result corresponds to array axis ``k`` (so for maps ``(nz, ny, nx)`` the columns are z,
+    y, x). Every axis is divided by the LARGEST physical extent ``max_k shape[k] * spacing_mm[k]``, so grid
+    cells are isotropic in mm and axis ``k`` spans ``[0, extent_k / max_extent]``.
 
     Returns
     -------

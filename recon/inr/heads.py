@@ -1,20 +1,23 @@
 """MLP heads that turn encoded coordinates into quantitative maps and coil sensitivities.
 
-Design: :class:`ParameterHeads` maps FEATURES (the output of an encoding) to parameters; it owns no encoding, so the
-caller decides whether magnitude and phase heads share one hash grid or use two (pass ``phase_features``).
-:class:`MapINR` is the convenience composition ``coordinates -> encoding(s) -> heads`` used by the solvers;
-:class:`CoilINR` owns its own (small) grid because coil maps always get a separate, smoother representation.
+Design: :class:`ParameterHeads` maps FEATURES (the output of an encoding) to parameters; it owns no encoding,
+so the caller decides whether magnitude and phase heads share one hash grid or use two (pass
+``phase_features``). :class:`MapINR` is the convenience composition ``coordinates -> encoding(s) -> heads``
+used by the solvers; :class:`CoilINR` owns its own (small) grid because coil maps always get a separate,
+smoother representation.
 
 Parameterisation (SUMMIT: one MLP per parameter, 3 hidden layers x 64, ReLU):
 
 * ``A, T1, T2, T2star`` (T times in ms, A a.u.): ``value = softclamp(exp(raw + log(init)), lo, hi)``. The last
-  layer starts near zero (``out_init_scale``), so at initialisation every value sits at ``init`` (or at a per-point
-  ``mag_prior``). The clamp acts on ``log(value)`` with softplus of sharpness ``clamp_sharpness`` (1/sharpness is the
-  width of the knee in log units): identity to ~1e-9 relative inside the range, never a zero gradient.
+  layer starts near zero (``out_init_scale``), so at initialisation every value sits at ``init`` (or at a
+  per-point ``mag_prior``). The clamp acts on ``log(value)`` with softplus of sharpness ``clamp_sharpness``
+  (1/sharpness is the width of the knee in log units): identity (to ~exp(-sharpness * distance to the bound))
+  inside the range, no hard clipping; the gradient decays smoothly beyond a bound (sigmoid(-sharpness * excess
+  in log units)).
 * ``Phase0`` (rad) and ``B0`` (Hz) from one phase MLP without output activation:
   ``Phase0 = phase0_scale * raw_0 + phase0_prior``, ``B0 = b0_scale_hz * raw_1 + b0_prior``; the echo phase is
-  ``Phase0 + 2 pi B0 TE`` (physics.signal takes TE in ms). The priors are fixed per-point tensors (e.g. from the echo
-  phase differences of a low-resolution image) so the network learns a residual.
+  ``Phase0 + 2 pi B0 TE`` (physics.signal takes TE in ms). The priors are fixed per-point tensors (e.g. from
+  the echo phase differences of a low-resolution image) so the network learns a residual.
 """
 
 from __future__ import annotations
@@ -63,8 +66,8 @@ class MLP(nn.Sequential):
         Number of hidden layers (0 = a single linear map).
     activation : type of nn.Module
     out_init_scale : float or None
-        If given, the output layer's weights are uniform in ``[-s, s]`` and its bias zero, so the initial output
-        is ~0; None keeps PyTorch's default init.
+        If given, the output layer's weights are uniform in ``[-s, s]`` and its bias zero, so the initial
+        output is ~0; None keeps PyTorch's default init.
 
     Shapes: (N, in_dim) -> (N, out_dim).
     """
@@ -85,7 +88,7 @@ class MLP(nn.Sequential):
 
 
 def soft_clamp_log(u: torch.Tensor, lo: float, hi: float, sharpness: float) -> torch.Tensor:
-    """Smoothly clamp ``u`` (a log value) into ``[log lo, log hi]`` with two softplus knees of width 1/sharpness."""
+    """Smoothly clamp ``u`` (a log value) into ``[log lo, log hi]``; softplus knees of width 1/sharpness."""
     llo, lhi = math.log(lo), math.log(hi)
     u = llo + F.softplus(u - llo, beta=sharpness)
     return lhi - F.softplus(lhi - u, beta=sharpness)
@@ -146,7 +149,8 @@ class ParameterHeads(nn.Module):
             })
             self.phase = MLP(in_dim if phase_in_dim is None else phase_in_dim, 2, hidden, layers,
                              out_init_scale=out_init_scale)
-        self.register_buffer("_log_init", torch.tensor([math.log(init[n]) for n in MAG_PARAMS]), persistent=False)
+        log_init = torch.tensor([math.log(init[n]) for n in MAG_PARAMS])
+        self.register_buffer("_log_init", log_init, persistent=False)
 
     def forward(self, features: torch.Tensor, phase_features: torch.Tensor | None = None,
                 phase0_prior: torch.Tensor | None = None, b0_prior: torch.Tensor | None = None,
@@ -166,7 +170,7 @@ class ParameterHeads(nn.Module):
 
         Returns
         -------
-        dict with 'A', 'T1', 'T2', 'T2star' (positive, ms for T*), 'Phase0' (rad), 'B0' (Hz), each float32 (N,).
+        dict of float32 (N,): 'A' (a.u.), 'T1', 'T2', 'T2star' (ms; all positive), 'Phase0' (rad), 'B0' (Hz).
         """
         out: dict[str, torch.Tensor] = {}
         mag_prior = mag_prior or {}
@@ -206,7 +210,8 @@ class MapINR(nn.Module):
                  seed: int = 0, **head_kwargs) -> None:
         super().__init__()
         self.encoding = make_encoding(grid, n_input_dims, seed=seed)
-        self.phase_encoding = None if phase_grid is None else make_encoding(phase_grid, n_input_dims, seed=seed + 1)
+        self.phase_encoding = (None if phase_grid is None
+                               else make_encoding(phase_grid, n_input_dims, seed=seed + 1))
         phase_in = None if self.phase_encoding is None else self.phase_encoding.n_output_dims
         self.heads = ParameterHeads(self.encoding.n_output_dims, phase_in_dim=phase_in, seed=seed + 2,
                                     **head_kwargs)
@@ -229,11 +234,11 @@ class MapINR(nn.Module):
 class CoilINR(nn.Module):
     """Coil sensitivities as a small hash grid + MLP with ``2 * n_coils`` outputs (real, imaginary).
 
-    ``prior_mode`` fixes how an optional per-point complex prior (e.g. estimated low-resolution coil maps) enters:
+    ``prior_mode`` fixes how an optional per-point complex prior (e.g. estimated low-res coil maps) enters:
     ``"add"`` (default): ``sens = prior + net`` — can correct the prior anywhere, also where it is ~0;
-    ``"mul"``: ``sens = prior * (1 + net)`` — keeps the prior's support and phase structure, a relative correction.
-    Without a prior ``sens = net``; then build with ``out_init_scale=None`` (default init) so that the initial
-    sensitivities are not ~0.
+    ``"mul"``: ``sens = prior * (1 + net)`` — keeps the prior's support and phase structure, a relative
+    correction. Without a prior ``sens = net``; then build with ``out_init_scale=None`` (default init) so that
+    the initial sensitivities are not ~0.
 
     Parameters
     ----------
@@ -257,10 +262,11 @@ class CoilINR(nn.Module):
         self.prior_mode = prior_mode
         self.encoding = make_encoding(cfg, n_input_dims, seed=seed)
         with _seeded(seed + 1):
-            self.mlp = MLP(self.encoding.n_output_dims, 2 * n_coils, hidden, layers, out_init_scale=out_init_scale)
+            self.mlp = MLP(self.encoding.n_output_dims, 2 * n_coils, hidden, layers,
+                           out_init_scale=out_init_scale)
 
     def forward(self, coords: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
-        """coords float32 (N, D) in [0, 1], prior complex64 (N, C) or None -> complex64 sensitivities (N, C)."""
+        """coords float32 (N, D) in [0, 1]; prior complex64 (N, C) or None -> complex64 sens (N, C)."""
         raw = self.mlp(self.encoding(coords)).view(-1, self.n_coils, 2)
         net = torch.complex(raw[..., 0], raw[..., 1])
         if prior is None:

@@ -45,7 +45,7 @@ def coil_combine(images: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
 
 
 def initial_maps(hybrid: torch.Tensor, kspace: KSpace6D, sens: torch.Tensor, rank: int = 4,
-                 width: float = 0.25, mask_threshold: float = 0.08) -> InitialMaps:
+                 width: float = 0.25, mask_threshold: float = 0.15) -> InitialMaps:
     """Dictionary-matched low-resolution maps.
 
     Parameters
@@ -66,8 +66,7 @@ def initial_maps(hybrid: torch.Tensor, kspace: KSpace6D, sens: torch.Tensor, ran
     coef = lowres_subspace_images(hybrid.cpu(), kspace, torch.from_numpy(basis), width=width)
     comb = coil_combine(coef, sens.cpu())  # (nx, E, K, nz, ny)
     comb = comb.permute(3, 4, 0, 1, 2)  # (nz, ny, nx, E, K)
-    energy = comb.abs().pow(2).sum((-1, -2)).sqrt()
-    mask = support_mask(energy, mask_threshold)
+    mask = support_mask(comb.abs().pow(2).sum((-1, -2)).sqrt(), mask_threshold, smooth_vox=0.0)
     fit = match_coefficients(comb[mask], basis, dictionary)
     nz, ny, nx = mask.shape
     maps = {}

@@ -86,16 +86,19 @@ def lowres_subspace_images(
     return ifftc(img, dims=(-2, -1)).to(torch.complex64)
 
 
-def support_mask(combined: torch.Tensor, rel_threshold: float = 0.08) -> torch.Tensor:
-    """bool ``(nz, ny, nx)`` object support from a low-resolution magnitude image ``(nz, ny, nx)``.
+def support_mask(magnitude: torch.Tensor, rel_threshold: float = 0.15, smooth_vox: float = 1.0) -> torch.Tensor:
+    """bool ``(nz, ny, nx)`` object support from a magnitude image ``(nz, ny, nx)``.
 
-    Threshold at ``rel_threshold`` x the 99th percentile, then fill holes slice by slice (scipy).
+    Gaussian smoothing (``smooth_vox`` voxels in y and x, none along the thin z axis), threshold at
+    ``rel_threshold`` x the 99th percentile, keep the largest connected component and fill holes slice by slice.
     """
     from scipy import ndimage
 
-    mag = combined.abs().float()
-    thr = rel_threshold * torch.quantile(mag.flatten(), 0.99)
-    m = (mag > thr).numpy()
-    m = ndimage.binary_closing(m, iterations=1)
+    mag = ndimage.gaussian_filter(magnitude.float().numpy(), sigma=(0.0, smooth_vox, smooth_vox))
+    m = mag > rel_threshold * np.percentile(mag, 99)
+    lab, n = ndimage.label(m)
+    if n > 1:
+        sizes = ndimage.sum(m, lab, index=np.arange(1, n + 1))
+        m = lab == (1 + int(np.argmax(sizes)))
     m = np.stack([ndimage.binary_fill_holes(s) for s in m])
     return torch.from_numpy(m)

@@ -3,7 +3,7 @@
 The map INR (:class:`~qmapinr.recon.inr.heads.MapINR`: hash grid + one 3x64 ReLU MLP per parameter with exp
 output, and a separate phase MLP) learns a residual around data-driven per-voxel priors
 (:mod:`qmapinr.recon.solvers.init`); coil sensitivities are either the fixed estimated maps
-(``coil_mode='estimate'``) or a small coil INR started from them (``coil_mode='inr'``).
+(``coil_mode='ratio'|'jsense'``) or a small coil INR started from them (``coil_mode='inr'``).
 """
 
 from __future__ import annotations
@@ -43,8 +43,13 @@ class SummitField(nn.Module):
         self.maps = MapINR(cfg.map_grid, hidden=cfg.hidden, layers=cfg.layers, seed=cfg.seed)
         self.coil = (CoilINR(cfg.coil_grid, sens.shape[0], seed=cfg.seed + 10)
                      if cfg.coil_mode == "inr" else None)
-        if cfg.coil_mode not in ("estimate", "inr"):
-            raise ValueError(f"SummitConfig.coil_mode must be 'estimate' or 'inr', got {cfg.coil_mode!r}")
+        if cfg.coil_mode not in ("ratio", "jsense", "inr"):
+            raise ValueError(f"SummitConfig.coil_mode must be 'ratio', 'jsense' or 'inr', got {cfg.coil_mode!r}")
+
+    def scale_amplitude(self, gain: float) -> None:
+        """Multiply the A prior by ``gain`` (> 0)."""
+        if gain > 0:
+            self.log_prior[..., MAG_PARAMS.index("A")] += float(torch.log(torch.tensor(gain)))
 
     def set_epoch(self, epoch: int) -> None:
         """Coarse-to-fine hook (all levels active unless the config asks otherwise)."""

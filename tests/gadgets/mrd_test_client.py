@@ -1,9 +1,9 @@
 """Independent minimal MRD client for the server tests.
 
-Written against the wire protocol, not against the server's code: framing by hand with ``struct`` (uint16 message
-id, uint32 length-prefixed texts), ``ismrmrd.Acquisition.serialize_into`` for acquisitions and
-``ismrmrd.Image.deserialize_from`` for images. Like ``gadgetron_ismrmrd_client`` it reads in a background thread
-while it sends, so a server that answers early (errors, passed-through items) cannot deadlock it.
+Written against the wire protocol, not against the server's code: framing by hand with ``struct`` (uint16
+message id, uint32 length-prefixed texts), ``ismrmrd.Acquisition.serialize_into`` for acquisitions and
+``ismrmrd.Image.deserialize_from`` for images. Like ``gadgetron_ismrmrd_client`` it reads in a background
+thread while it sends, so a server that answers early (errors, passed-through items) cannot deadlock it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ LENGTH = struct.Struct("<I")
 
 @dataclass
 class ClientResult:
-    """What came back: images (1022), texts (5), acquisitions echoed back (1008), whether CLOSE (4) arrived."""
+    """What came back: images (1022), texts (5), acquisitions echoed (1008), whether CLOSE (4) arrived."""
 
     images: list = field(default_factory=list)
     texts: list = field(default_factory=list)
@@ -43,7 +43,7 @@ class MRDTestClient:
         self._reader = threading.Thread(target=self._read_loop, daemon=True)
         self._reader.start()
 
-    # -- sending -------------------------------------------------------------------------------------------------
+    # -- sending ---------------------------------------------------------------------------------------------
     def _send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
@@ -86,7 +86,7 @@ class MRDTestClient:
             pass
         self.sock.close()
 
-    # -- receiving -----------------------------------------------------------------------------------------------
+    # -- receiving -------------------------------------------------------------------------------------------
     def _read_exactly(self, n: int) -> bytes:
         buf = bytearray()
         while len(buf) < n:
@@ -117,7 +117,7 @@ class MRDTestClient:
             self.result.error = f"{type(exc).__name__}: {exc}"
 
     def wait(self, timeout: float = 60.0) -> ClientResult:
-        """Wait until the server sent CLOSE or closed (or ``timeout`` s), close the socket, return the result."""
+        """Wait for the server's CLOSE or EOF (at most ``timeout`` s), close the socket, return the result."""
         self._reader.join(timeout)
         if self._reader.is_alive():
             self.result.error = f"no CLOSE within {timeout} s"
@@ -150,8 +150,8 @@ def run_client(
     timeout: float = 60.0,
 ) -> ClientResult:
     """One whole session: config (id 1 if ``config_file`` else id 2), header, optional JSON parameters,
-    acquisitions, CLOSE; then wait for the server's CLOSE. ``disconnect_after=k`` sends k acquisitions and drops
-    the connection without CLOSE (the result then holds whatever arrived before)."""
+    acquisitions, CLOSE; then wait for the server's CLOSE. ``disconnect_after=k`` sends k acquisitions and
+    drops the connection without CLOSE (the result then holds whatever arrived before)."""
     client = MRDTestClient(host, port, timeout)
     try:
         if config_file is not None:

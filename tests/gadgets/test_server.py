@@ -24,14 +24,13 @@ if str(HERE) not in sys.path:  # spawned workers inherit sys.path and import thi
     sys.path.insert(0, str(HERE))
 
 import mrd_test_client as mc  # noqa: E402
-
 from qmapinr.gadgets.server import MRDServer  # noqa: E402
 
 REPO = HERE.parents[1]
 TINY = REPO / "tests" / "data" / "tiny.h5"
 
 
-# -- fake chains (run inside the server's workers) ---------------------------------------------------------------
+# -- fake chains (run inside the server's workers) -----------------------------------------------------------
 def _properties(connection) -> dict[str, str]:
     props = {}
     if connection.config is not None:
@@ -46,14 +45,16 @@ def _barrier(directory: str, name: str, count: int, timeout: float = 60.0) -> No
     deadline = time.monotonic() + timeout
     while len(os.listdir(directory)) < count:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"barrier: only {len(os.listdir(directory))} of {count} chains running together")
+            started = len(os.listdir(directory))
+            raise RuntimeError(f"barrier: only {started} of {count} chains running together")
         time.sleep(0.05)
 
 
 def sum_chain(connection) -> None:
     """One image per client: the sum over acquisitions of the real part, image_index = #acquisitions.
 
-    Properties: ``series`` (image_series_index), ``delay`` (s, before reading), ``barrier``/``barrier_n``/``name``.
+    Properties: ``series`` (image_series_index), ``delay`` (s, before reading),
+    ``barrier``/``barrier_n``/``name`` (see :func:`_barrier`).
     The attribute string echoes the properties as JSON, so the test sees what reached the chain.
     """
     props = _properties(connection)
@@ -113,7 +114,7 @@ def expected_sum(client_id: int, n: int = 6) -> float:
     return float(sum(client_id + i for i in range(n)))
 
 
-# -- fixtures ----------------------------------------------------------------------------------------------------
+# -- fixtures ------------------------------------------------------------------------------------------------
 class RunningServer:
     def __init__(self, **kwargs):
         kwargs.setdefault("chains", FAKE_CHAINS)
@@ -156,7 +157,7 @@ def server():
 
 @pytest.fixture(scope="module")
 def process_server():
-    """The default process workers (each connection a spawned interpreter: a few seconds per connection here)."""
+    """The default process workers (each connection a spawned interpreter: seconds per connection here)."""
     srv = RunningServer(max_connections=4, workers="process")
     yield srv
     srv.stop()
@@ -168,13 +169,14 @@ def _only_image(result: mc.ClientResult) -> ismrmrd.Image:
     return result.images[0]
 
 
-# -- tests -------------------------------------------------------------------------------------------------------
+# -- tests ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", ["id1_file", "id2_name", "id2_stream_xml"])
 def test_config_variants(server, variant):
     xml = (
         '<?xml version="1.0"?><configuration><version>2</version><stream><external>'
         f'<execute name="{__name__}" target="sum_chain" type="python"/>'
-        '<configuration><property name="series" value="7"/></configuration></external></stream></configuration>'
+        '<configuration><property name="series" value="7"/></configuration>'
+        '</external></stream></configuration>'
     )
     kwargs = {"id1_file": {"config_file": "/some/where/fake.xml"}, "id2_name": {"config_text": "fake.xml"},
               "id2_stream_xml": {"config_text": xml}}[variant]
@@ -184,19 +186,35 @@ def test_config_variants(server, variant):
     assert image.image_series_index == (7 if variant == "id2_stream_xml" else 1)
 
 
+def test_config_dir_file_supplies_chain_and_properties(tmp_path):
+    (tmp_path / "site_recon.xml").write_text(
+        '<configuration><version>2</version><stream><external><execute name="m" target="fake" type="python"/>'
+        '<configuration><property name="series" value="5"/></configuration>'
+        '</external></stream></configuration>')
+    srv = RunningServer(workers="thread", config_dir=str(tmp_path))
+    try:
+        image = _only_image(srv.run(2, config_file="site_recon.xml"))
+        assert image.image_series_index == 5 and np.allclose(image.data, expected_sum(2))
+        assert srv.wait_reports(1)[0].chain == "fake"
+    finally:
+        srv.stop()
+
+
 def test_json_parameters_reach_the_chain_and_override_properties(server):
     xml = ('<configuration><stream><external><execute name="m" target="fake" type="python"/><configuration>'
            '<property name="series" value="7"/><property name="keep" value="yes"/></configuration>'
            '</external></stream></configuration>')
     image = _only_image(server.run(1, config_text=xml, parameters={"series": 9, "tag": {"x": "hello"}}))
     assert image.image_series_index == 9
-    assert json.loads(ismrmrd.Meta.deserialize(image.attribute_string)["props"]) == {"series": "9", "keep": "yes", "tag.x": "hello"}
+    props = json.loads(ismrmrd.Meta.deserialize(image.attribute_string)["props"])
+    assert props == {"series": "9", "keep": "yes", "tag.x": "hello"}
 
 
 def test_unknown_chain_gets_text_error_then_close(server):
     result = server.run(0, config_text="nosuch.xml")
     assert result.closed and result.images == []
-    assert len(result.texts) == 1 and "unknown chain 'nosuch'" in result.texts[0] and "fake" in result.texts[0]
+    assert len(result.texts) == 1
+    assert "unknown chain 'nosuch'" in result.texts[0] and "fake" in result.texts[0]
 
 
 def test_failing_chain_and_garbled_start_are_reported(server):
@@ -257,7 +275,8 @@ def test_busy_reject_with_thread_workers():
     srv = RunningServer(max_connections=1, when_busy="reject", workers="thread")
     try:
         results = {}
-        slow = threading.Thread(target=lambda: results.setdefault("slow", srv.run(1, parameters={"delay": 2})))
+        slow = threading.Thread(
+            target=lambda: results.setdefault("slow", srv.run(1, parameters={"delay": 2})))
         slow.start()
         deadline = time.monotonic() + 10
         while not srv.server._active and time.monotonic() < deadline:
@@ -320,8 +339,10 @@ def test_sigterm_lets_running_connection_finish_and_exits_zero():
             proc.wait()
 
 
+@pytest.mark.slow
 def test_real_summit_chain_on_tiny_fixture():
-    """tiny.h5 through the lead's 'summit' chain with 2 epochs: every map series comes back."""
+    """tiny.h5 through the real 'summit' chain: the client asks for summit.xml by name (id 1), the server
+    applies config_xml/summit.xml's properties and the JSON override epochs=2; every map series comes back."""
     if not TINY.exists():
         pytest.skip(f"fixture {TINY.relative_to(REPO)} does not exist yet")
     try:
@@ -331,7 +352,7 @@ def test_real_summit_chain_on_tiny_fixture():
     if "summit" not in CHAINS:
         pytest.skip("qmapinr.gadgets.chains.CHAINS has no 'summit' yet")
     header, acqs = mc.read_dataset(str(TINY))
-    srv = RunningServer(chains=None, max_connections=1)
+    srv = RunningServer(chains=None, max_connections=1, config_dir=str(REPO / "config_xml"))
     try:
         result = mc.run_client(srv.host, srv.port, header, acqs, config_file="summit.xml",
                                parameters={"epochs": "2"}, timeout=600)
@@ -339,7 +360,16 @@ def test_real_summit_chain_on_tiny_fixture():
         srv.stop()
     assert result.error is None and result.closed, (result.error, result.texts)
     assert not any("error" in t.lower() for t in result.texts), result.texts
-    series = {img.image_series_index for img in result.images}
-    assert len(series) >= 6, f"expected >= 6 map series (A, T1, T2, T2*, B0, phase), got {sorted(series)}"
+    names = {ismrmrd.Meta.deserialize(img.attribute_string).get("MapName"): img.image_series_index
+             for img in result.images}
+    expected = {"T1", "T2", "T2star", "A", "B0", "Phase0"}
+    missing = sorted(expected - set(names))
+    assert not missing, f"map series missing: {missing} (got {sorted(names)})"
+    assert len(set(names.values())) == len(names) == len(result.images)  # one image per map, distinct series
     for img in result.images:
-        assert np.isfinite(img.data).all()
+        assert img.data.dtype == np.float32 and np.isfinite(img.data).all()
+
+
+def test_process_workers_need_picklable_chains():
+    with pytest.raises(ValueError, match="picklable"):
+        MRDServer(port=0, chains={"x": lambda connection: None})

@@ -10,7 +10,6 @@ from pathlib import Path
 import ismrmrd
 import numpy as np
 import pytest
-
 from qmapinr.gadgets.connection import (
     ClientDisconnected,
     MRDConnection,
@@ -106,12 +105,14 @@ def test_config_text_stream_xml_with_nul_and_json_parameters():
 
 
 def test_bare_name_in_config_text_and_no_parameters():
-    conn, _ = _connect(_frames(("send_config_text", "lorein.xml"), ("send_header", HEADER_XML), ("send_close",)))
+    conn, _ = _connect(_frames(("send_config_text", "lorein.xml"), ("send_header", HEADER_XML),
+                               ("send_close",)))
     assert conn.chain_name == "lorein" and conn.config is None and list(conn) == []
 
 
 def test_eof_without_close_ends_stream_keeping_items():
-    payload = _frames(("send_config_text", "summit"), ("send_header", HEADER_XML), ("send_acquisition", _acq(5)))
+    payload = _frames(("send_config_text", "summit"), ("send_header", HEADER_XML),
+                      ("send_acquisition", _acq(5)))
     partial = _frames(("send_acquisition", _acq(6)))[:40]  # the peer dies in the middle of a message
     conn, _ = _connect(payload + partial)
     items = list(conn)
@@ -119,7 +120,8 @@ def test_eof_without_close_ends_stream_keeping_items():
 
 
 def test_send_to_gone_client_raises_and_close_survives():
-    conn, peer = _connect(_frames(("send_config_text", "summit"), ("send_header", HEADER_XML), ("send_close",)))
+    conn, peer = _connect(_frames(("send_config_text", "summit"), ("send_header", HEADER_XML),
+                                  ("send_close",)))
     peer.close()
     image = ismrmrd.Image.from_array(np.zeros((4, 8), np.float32))
     with pytest.raises(ClientDisconnected):

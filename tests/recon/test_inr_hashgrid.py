@@ -9,8 +9,15 @@ import pytest
 import torch
 
 from qmapinr.recon.config import HashGridConfig
-from qmapinr.recon.inr.hashgrid import PRIMES, HashEncoding, TcnnEncoding, make_encoding, split_parameters, \
-    tcnn_available, voxel_coordinates
+from qmapinr.recon.inr.hashgrid import (
+    PRIMES,
+    HashEncoding,
+    TcnnEncoding,
+    make_encoding,
+    split_parameters,
+    tcnn_available,
+    voxel_coordinates,
+)
 from qmapinr.recon.inr.heads import MLP
 
 torch.set_num_threads(1)
@@ -185,7 +192,7 @@ def test_dense_levels_collision_free_and_hashed_in_range():
         assert rows.min() >= offsets[lv] and rows.max() < offsets[lv + 1]
         if lv < enc.dense_levels:
             assert enc.level_rows[lv] == (cells + 1) ** 3
-            # each vertex's own row (its weight-1 corner): distinct vertices -> distinct rows, covering the level
+            # each vertex's own row (its weight-1 corner): distinct vertices -> distinct rows
             own = idx[:, lv].gather(0, w[:, lv].argmax(0, keepdim=True))
             assert torch.allclose(w[:, lv].max(0).values, torch.ones(()))
             assert torch.unique(own).numel() == (cells + 1) ** 3
@@ -233,7 +240,8 @@ def test_fits_smooth_function():
     xt = torch.rand(500, 3, generator=gen)
 
     def f(p):
-        return torch.sin(2 * torch.pi * p[:, 0]) * torch.cos(torch.pi * p[:, 1]) + 0.5 * torch.sin(3 * p[:, 2])
+        return (torch.sin(2 * torch.pi * p[:, 0]) * torch.cos(torch.pi * p[:, 1])
+                + 0.5 * torch.sin(3 * p[:, 2]))
 
     enc = HashEncoding(HashGridConfig(5, 2, 10, 4, 1.5, "torch"), seed=0)  # 3 dense + 2 hashed levels
     assert enc.dense_levels == 3

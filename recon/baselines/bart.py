@@ -1,0 +1,239 @@
+"""BART peer: the temporal-subspace reconstruction run by the real BART command-line tools.
+
+Nothing of BART is reimplemented: the k-space, basis and (optionally) coil maps are written as ``.cfl``/``.hdr``
+files, ``bart avg``, ``bart ecalib`` and ``bart pics`` run in a temporary directory through ``subprocess``,
+and the coefficient images are read back and dictionary-matched.
+
+Layout (docs/peers.md): k-space ``[X Y Z C 1 T 1 1 1 1 E]`` with the (tau, n) series in dim 5 (``t = tau *
+nseg + n``) and the echoes in dim 10, unsampled points exactly 0; basis ``[1 1 1 1 1 T K]``; ``pics -B``
+returns coefficients ``[X Y Z 1 1 1 K 1 1 1 E]``. One ``pics`` call handles all echoes (dim 10 is an
+independent batch dimension for the SENSE/basis operator and TV over flags 7 acts on x, y, z only), so the
+echo factor ``A e^{-TE/T2*}`` and the B0 phase never need to be in the basis. Coil maps: echo 0 averaged
+over dim 5 (``bart avg -w 32``), then ``bart ecalib -m1`` with a calibration size and kernel adapted to small
+matrices (the default 6x6 kernel with a small calibration region silently returns all-zero maps).
+
+Install: ``apt-get update && apt-get install -y bart`` (Debian package, v0.8.00). Memory: BART needs the
+dense k-space, ``C * nte * ntau * nseg * nx * ny * nz * 8`` bytes, so this peer is for small problems.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qmapinr.recon.baselines.coilmaps import averaged_kspace, calibration_box
+from qmapinr.recon.baselines.dictionary import coefficients_to_maps, default_dictionary
+from qmapinr.recon.kspace import KSpace6D, QuantMaps
+
+log = logging.getLogger(__name__)
+
+BART_INSTALL = "apt-get update && apt-get install -y bart"
+_NDIMS = 16
+
+
+def bart_available() -> bool:
+    """True if the ``bart`` executable is on PATH."""
+    return shutil.which("bart") is not None
+
+
+def write_cfl(path_base: str | os.PathLike, array: np.ndarray) -> None:
+    """Write ``path_base.hdr`` (dimensions, padded with 1 to 16) and ``path_base.cfl`` (complex64, column-major).
+
+    The array's axis 0 is BART dimension 0 (fastest-varying in the file), as in BART's own Python ``writecfl``.
+    """
+    arr = np.asarray(array)
+    if arr.ndim > _NDIMS:
+        raise ValueError(f"BART supports at most {_NDIMS} dimensions, got {arr.ndim}")
+    dims = list(arr.shape) + [1] * (_NDIMS - arr.ndim)
+    base = str(path_base)
+    with open(base + ".hdr", "w") as f:
+        f.write("# Dimensions\n" + " ".join(str(d) for d in dims) + "\n")
+    np.asarray(arr, dtype=np.complex64).ravel(order="F").tofile(base + ".cfl")
+
+
+def read_cfl(path_base: str | os.PathLike) -> np.ndarray:
+    """Read a BART ``.hdr``/``.cfl`` pair into a complex64 array (column-major).
+
+    Trailing singleton dimensions are dropped (BART's own ``readcfl`` convention); inner singletons are kept.
+    """
+    base = str(path_base)
+    with open(base + ".hdr") as f:
+        lines = f.read().splitlines()
+    try:
+        i = next(k for k, line in enumerate(lines) if line.strip().startswith("# Dimensions"))
+        dims = [int(v) for v in lines[i + 1].split()]
+    except (StopIteration, IndexError, ValueError) as exc:
+        raise ValueError(f"{base}.hdr has no valid '# Dimensions' line") from exc
+    n = int(np.prod(dims))
+    data = np.fromfile(base + ".cfl", dtype=np.complex64)
+    if data.size != n:
+        raise ValueError(f"{base}.cfl holds {data.size} values, header says {n}")
+    while len(dims) > 1 and dims[-1] == 1:
+        dims.pop()
+    return data.reshape(dims, order="F")
+
+
+def _run(args: list[str], cwd: Path, env: dict) -> str:
+    log.debug("bart %s", " ".join(args))
+    proc = subprocess.run(["bart", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bart {' '.join(args)} failed ({proc.returncode}): "
+                           f"{proc.stdout.strip()} {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def bart_kspace(kspace: KSpace6D, max_bytes: float = 4e9) -> np.ndarray:
+    """Dense BART k-space ``[X Y Z C 1 T 1 1 1 1 E]`` complex64 from the sampled lines (zeros elsewhere)."""
+    nx, ny, nz = kspace.geometry.matrix
+    c, ne = kspace.ncoils, kspace.seq.nte
+    nt = kspace.seq.ntau * kspace.seq.nseg
+    need = 8.0 * c * ne * nt * nx * ny * nz
+    if need > max_bytes:
+        raise MemoryError(f"dense BART k-space needs {need / 1e9:.1f} GB (> {max_bytes / 1e9:.1f} GB)")
+    out = np.zeros((nx, ny, nz, c, 1, nt, 1, 1, 1, 1, ne), dtype=np.complex64)
+    t = np.asarray(kspace.tau) * kspace.seq.nseg + np.asarray(kspace.seg)
+    # data (C, E, L, X) -> out[X, ky_l, kz_l, C, 0, t_l, ..., E]
+    out[:, kspace.ky, kspace.kz, :, 0, t, 0, 0, 0, 0, :] = np.transpose(kspace.data, (2, 3, 0, 1))
+    return out
+
+
+def ecalib_geometry(kspace: KSpace6D, calib: int = 12, kernel: int = 4) -> tuple[str, str]:
+    """``ecalib -r`` and ``-k`` arguments (``"x:y:z"``) for this sampling pattern.
+
+    ecalib searches a centred fully sampled region (bounded by ``-r``) of the averaged k-space and aborts
+    (assertions in ``casorati_dims`` / ``caltwo``) when the kernel is not smaller than that region. Checked on
+    v0.8.00: for a fully sampled centred box of odd width ``w`` (ky, kz) it reports a region of ``w - 2``.
+    The box is computed as :func:`qmapinr.recon.baselines.coilmaps.calibration_box` does (the readout is
+    fully sampled) and the kernel clipped to ``region - 1``; :func:`bart_subspace_recon` retries once with the
+    region ecalib actually reports if this still fails.
+    """
+    nx, _, _ = kspace.geometry.matrix
+    _, count = averaged_kspace(kspace, 0)
+    wz, wy = calibration_box(count, (calib, calib))
+    if min(wz, wy) < 3:
+        raise RuntimeError(f"the averaged k-space has no fully sampled centre for ecalib (found {wy}x{wz})")
+    region = (min(calib, nx), wy, wz)
+    found = (region[0], max(1, wy - 2), max(1, wz - 2))
+    kern = tuple(max(1, min(kernel, f - 1)) for f in found)
+    return ":".join(map(str, region)), ":".join(map(str, kern))
+
+
+def _ecalib(work: Path, env: dict, cal: str, kern: str, kernel: int) -> None:
+    """``bart ecalib -m1``; on an assertion failure retry once with the kernel clipped to the reported region."""
+    try:
+        _run(["ecalib", "-d4", "-m1", "-k", kern, "-r", cal, "ksp_avg", "sens"], work, env)
+    except RuntimeError as exc:
+        m = re.search(r"Calibration region\.\.\.\s*\(size: (\d+)x(\d+)x(\d+)", str(exc))
+        if m is None:
+            raise
+        kern2 = ":".join(str(max(1, min(kernel, int(v) - 1))) for v in m.groups())
+        log.warning("ecalib failed with kernel %s; retrying with %s (region %sx%sx%s)", kern, kern2, *m.groups())
+        _run(["ecalib", "-m1", "-k", kern2, "-r", cal, "ksp_avg", "sens"], work, env)
+
+
+def bart_subspace_recon(
+    kspace: KSpace6D,
+    basis: np.ndarray,
+    rank: int | None = None,
+    reg: str = "T:7:0:0.005",
+    iters: int = 100,
+    sens: np.ndarray | None = None,
+    calib: int = 12,
+    kernel: int = 4,
+    threads: int = 1,
+    keep_dir: str | None = None,
+) -> np.ndarray:
+    """Subspace reconstruction by ``bart pics -S -e -i iters -R reg -B basis``.
+
+    Parameters
+    ----------
+    kspace : sampled lines.
+    basis : real ``(ntau*nseg, K)`` or ``(ntau, nseg, K)`` temporal basis; the first ``rank`` columns are used.
+    rank : number of basis columns (None = all).
+    reg : BART ``-R`` regulariser (``T:7:0:l`` = 3-D TV, ``W:7:64:l`` = wavelet joint over coefficients).
+    iters : ``pics`` iterations.
+    sens : complex ``(C, nz, ny, nx)`` coil maps; None = ``bart ecalib -m1 -r calib -k kernel`` on the
+        echo-0 k-space averaged over (tau, n) by ``bart avg -w``.
+    calib, kernel : ``ecalib`` calibration size and kernel size (clipped to the matrix).
+    threads : ``OMP_NUM_THREADS`` for BART.
+    keep_dir : if given, run there and keep the files (debugging); else a temporary directory.
+
+    Returns
+    -------
+    complex64 coefficient images ``(nte, K, nz, ny, nx)``.
+    """
+    if not bart_available():
+        raise RuntimeError(f"BART CLI not found on PATH; install it with: {BART_INSTALL}")
+    nx, ny, nz = kspace.geometry.matrix
+    b = np.asarray(basis, dtype=np.float32)
+    b = b.reshape(-1, b.shape[-1])[:, : (rank or b.shape[-1])]
+    nt, k = b.shape
+    if nt != kspace.seq.ntau * kspace.seq.nseg:
+        raise ValueError(f"basis has {nt} time points, the sequence has {kspace.seq.ntau * kspace.seq.nseg}")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    with tempfile.TemporaryDirectory(prefix="qmapinr_bart_") as tmp:
+        work = Path(keep_dir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        write_cfl(work / "ksp", bart_kspace(kspace))
+        write_cfl(work / "basis", b.reshape(1, 1, 1, 1, 1, nt, k))
+        if sens is None:
+            _run(["slice", "10", "0", "ksp", "ksp_e0"], work, env)
+            _run(["avg", "-w", "32", "ksp_e0", "ksp_avg"], work, env)
+            cal, kern = ecalib_geometry(kspace, calib, kernel)
+            _ecalib(work, env, cal, kern, kernel)
+            s = read_cfl(work / "sens")
+            if not np.any(s):
+                raise RuntimeError("bart ecalib returned all-zero coil maps (calibration region too small?)")
+        else:
+            write_cfl(work / "sens", np.transpose(np.asarray(sens), (3, 2, 1, 0)))
+        _run(["pics", "-S", "-e", "-i", str(iters), "-R", reg, "-B", "basis", "ksp", "sens", "coeff"], work, env)
+        coeff = read_cfl(work / "coeff")
+    coeff = coeff.reshape((nx, ny, nz) + coeff.shape[3:] + (1,) * (11 - coeff.ndim))
+    coeff = coeff.reshape(nx, ny, nz, k, -1)  # dims 6 (K) and 10 (E); dims 7-9 are 1
+    return np.ascontiguousarray(np.transpose(coeff, (4, 3, 2, 1, 0))).astype(np.complex64)
+
+
+@dataclass(frozen=True)
+class BartConfig:
+    """Settings of :func:`bart_recon` (grids in ms as for :class:`SubspaceConfig`)."""
+
+    rank: int = 4
+    reg: str = "T:7:0:0.005"
+    iters: int = 100
+    calib: int = 12
+    kernel: int = 4
+    threads: int = 1
+    t1_min_ms: float = 100.0
+    t1_max_ms: float = 5000.0
+    n_t1: int = 80
+    t2_min_ms: float = 10.0
+    t2_max_ms: float = 2500.0
+    n_t2: int = 60
+    refine: bool = True
+    mask_threshold: float = 0.05
+
+
+def bart_recon(kspace: KSpace6D, cfg: BartConfig = BartConfig(), sens: np.ndarray | None = None) -> QuantMaps:
+    """BART subspace reconstruction + dictionary matching -> :class:`QuantMaps` (``info`` has timings)."""
+    t0 = time.perf_counter()
+    dictionary = default_dictionary(kspace.seq, (cfg.t1_min_ms, cfg.t1_max_ms), cfg.n_t1,
+                                    (cfg.t2_min_ms, cfg.t2_max_ms), cfg.n_t2)
+    basis, emax, emean = dictionary.svd_basis(cfg.rank)
+    t1 = time.perf_counter()
+    coeff = bart_subspace_recon(kspace, basis, cfg.rank, cfg.reg, cfg.iters, sens=sens, calib=cfg.calib,
+                                kernel=cfg.kernel, threads=cfg.threads)
+    t2 = time.perf_counter()
+    qm = coefficients_to_maps(coeff, basis, dictionary, mask_threshold=cfg.mask_threshold, refine=cfg.refine)
+    info = dict(qm.info, method="bart-pics-subspace", rank=cfg.rank, reg=cfg.reg, basis_error_max=emax,
+                basis_error_mean=emean, bart_s=t2 - t1, match_s=time.perf_counter() - t2,
+                total_s=time.perf_counter() - t0)
+    return QuantMaps(maps=qm.maps, mask=qm.mask, info=info)

@@ -1,0 +1,79 @@
+"""Chain entry functions: properties from the XML <configuration> and JSON parameters reach the solver."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+from qmapinr.gadgets import chains
+from qmapinr.recon.config import ConfigError, SummitConfig
+from qmapinr.recon.kspace import QuantMaps
+
+
+class FakeConnection:
+    """The parts of gadgetron.external.Connection a chain uses."""
+
+    def __init__(self, items, header, config_xml: str | None, parameters=None):
+        self._items = items
+        self.header = header
+        self.config = ET.fromstring(config_xml) if config_xml else None
+        self.parameters = parameters or {}
+        self.sent = []
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def send(self, item):
+        self.sent.append(item)
+
+
+def _capture(monkeypatch):
+    seen = {}
+
+    def fake_reconstruct(kspace, chain, cfg):
+        import numpy as np
+
+        seen["cfg"], seen["chain"] = cfg, chain
+        nx, ny, nz = kspace.geometry.matrix
+        z = np.zeros((nz, ny, nx), np.float32)
+        return QuantMaps(maps={"T1": z + 1000, "T2": z + 80}, mask=z > -1, info={"geometry": kspace.geometry})
+
+    monkeypatch.setattr(chains, "reconstruct", fake_reconstruct)
+    return seen
+
+
+def test_xml_properties_reach_the_solver(monkeypatch, measurement):
+    seen = _capture(monkeypatch)
+    m = measurement
+    conn = FakeConnection(m.acquisitions, m.header, '<configuration><property name="epochs" value="3"/>'
+                                                    '<property name="map_grid.n_levels" value="5"/></configuration>')
+    chains.summit(conn)
+    cfg = seen["cfg"]
+    assert isinstance(cfg, SummitConfig) and seen["chain"] == "summit"
+    assert cfg.epochs == 3 and cfg.map_grid.n_levels == 5 and cfg.lr == SummitConfig().lr
+    assert len(conn.sent) == 2  # one image per map
+
+
+def test_json_parameters_override_xml(monkeypatch, measurement):
+    seen = _capture(monkeypatch)
+    m = measurement
+    conn = FakeConnection(m.acquisitions, m.header, '<configuration><property name="epochs" value="3"/>'
+                                                    '</configuration>', parameters={"epochs": 9, "lr": "0.01"})
+    chains.summit(conn)
+    assert seen["cfg"].epochs == 9 and seen["cfg"].lr == pytest.approx(0.01)
+
+
+def test_unknown_property_stops_the_chain(monkeypatch, measurement):
+    _capture(monkeypatch)
+    m = measurement
+    conn = FakeConnection(m.acquisitions, m.header, '<configuration><property name="epoch" value="3"/>'
+                                                    '</configuration>')
+    with pytest.raises(ConfigError, match="unknown property 'epoch'"):
+        chains.summit(conn)
+    assert conn.sent == []
+
+
+def test_registry_matches_configs():
+    assert set(chains.CHAINS) == set(chains.CHAIN_CONFIGS)
+    for name, fn in chains.CHAINS.items():
+        assert callable(fn) and fn.__name__ == name
