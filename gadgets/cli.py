@@ -154,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     from qmapinr.gadgets.server import add_serve_parser
 
     add_serve_parser(sub)
+
+    from qmapinr.gadgets.bench import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 

@@ -53,7 +53,8 @@ class SummitConfig:
                                                per_level_scale=1.5)
     )
     coil_mode: str = "jsense"  # "ratio" / "jsense" (fixed estimated maps) or "inr" (coil INR from the jsense maps)
-    coil_refine_iters: int = 4  # JSENSE alternations of the coil-map estimate
+    coil_lr_scale: float = 1.0  # learning-rate multiplier of the coil INR
+    coil_refine_iters: int = 8  # JSENSE alternations of the coil-map estimate
     forward: str = "structured"  # "structured" (rank-K q^n subspace) or "exact"
     rank: int = 8
     virtual_coils: int = 0  # 0 = no coil compression

@@ -69,7 +69,7 @@ def score(maps: dict[str, np.ndarray], truth: dict[str, np.ndarray], labels: np.
             s.medians[name][tissue] = (me, mt)
             s.bias[name][tissue] = (me - mt) / mt if mt else float("nan")
             lo, hi = limits.get(name, (-np.inf, np.inf))
-            if tissue.startswith(sphere_prefix) and lo <= mt <= hi:
+            if name != "A" and tissue.startswith(sphere_prefix) and lo <= mt <= hi:
                 sx.append(float(np.mean(true[region])))
                 sy.append(float(np.mean(est[region])))
         if len(sx) >= 3:

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from qmapinr.recon.baselines.coilmaps import averaged_kspace, calibration_box
+from qmapinr.recon.baselines.coilmaps import averaged_kspace, calibration_box, estimate_coil_maps
 from qmapinr.recon.baselines.dictionary import coefficients_to_maps, default_dictionary
+from qmapinr.recon.baselines.jsense import refine_coil_maps
 from qmapinr.recon.kspace import KSpace6D, QuantMaps
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,16 @@ def bart_kspace(kspace: KSpace6D, max_bytes: float = 4e9) -> np.ndarray:
     return out
 
 
+def bart_fft_sign(matrix: tuple[int, ...]) -> int:
+    """Global sign between ``pics`` images and the project's centred FFT for even sizes.
+
+    ``pics`` centres k-space by modulation (``fftmod``); for an even size ``n`` that equals the
+    ``fftshift`` convention up to a factor ``-1`` when ``n % 4 == 2``. Checked on v0.8.00 with ``pics -S -l2``
+    on fully sampled data: (16,16,6) -> -1, (14,14,8) -> +1, (14,14,6) -> -1, (12,16,4) -> +1.
+    """
+    return -1 if sum(n % 4 == 2 for n in matrix) % 2 else 1
+
+
 def ecalib_geometry(kspace: KSpace6D, calib: int = 12, kernel: int = 4) -> tuple[str, str]:
     """``ecalib -r`` and ``-k`` arguments (``"x:y:z"``) for this sampling pattern.
 
@@ -127,17 +137,17 @@ def ecalib_geometry(kspace: KSpace6D, calib: int = 12, kernel: int = 4) -> tuple
     return ":".join(map(str, region)), ":".join(map(str, kern))
 
 
-def _ecalib(work: Path, env: dict, cal: str, kern: str, kernel: int) -> None:
+def _ecalib(work: Path, env: dict, cal: str, kern: str, kernel: int, crop: float) -> None:
     """``bart ecalib -m1``; on an assertion failure retry once with the kernel clipped to the reported region."""
     try:
-        _run(["ecalib", "-d4", "-m1", "-k", kern, "-r", cal, "ksp_avg", "sens"], work, env)
+        _run(["ecalib", "-d4", "-m1", "-c", str(crop), "-k", kern, "-r", cal, "ksp_avg", "sens"], work, env)
     except RuntimeError as exc:
         m = re.search(r"Calibration region\.\.\.\s*\(size: (\d+)x(\d+)x(\d+)", str(exc))
         if m is None:
             raise
         kern2 = ":".join(str(max(1, min(kernel, int(v) - 1))) for v in m.groups())
         log.warning("ecalib failed with kernel %s; retrying with %s (region %sx%sx%s)", kern, kern2, *m.groups())
-        _run(["ecalib", "-m1", "-k", kern2, "-r", cal, "ksp_avg", "sens"], work, env)
+        _run(["ecalib", "-m1", "-c", str(crop), "-k", kern2, "-r", cal, "ksp_avg", "sens"], work, env)
 
 
 def bart_subspace_recon(
@@ -150,6 +160,8 @@ def bart_subspace_recon(
     calib: int = 12,
     kernel: int = 4,
     threads: int = 1,
+    crop: float = 0.0,
+    pics_args: str = "",
     keep_dir: str | None = None,
 ) -> np.ndarray:
     """Subspace reconstruction by ``bart pics -S -e -i iters -R reg -B basis``.
@@ -159,12 +171,16 @@ def bart_subspace_recon(
     kspace : sampled lines.
     basis : real ``(ntau*nseg, K)`` or ``(ntau, nseg, K)`` temporal basis; the first ``rank`` columns are used.
     rank : number of basis columns (None = all).
-    reg : BART ``-R`` regulariser (``T:7:0:l`` = 3-D TV, ``W:7:64:l`` = wavelet joint over coefficients).
+    reg : BART ``-R`` regulariser (``T:7:0:l`` = 3-D TV, ``W:7:64:l`` = wavelet joint over coefficients);
+        ``""`` = none (e.g. with ``pics_args="-l2 -r 1e-4"``: Tikhonov, solved by CG).
     iters : ``pics`` iterations.
     sens : complex ``(C, nz, ny, nx)`` coil maps; None = ``bart ecalib -m1 -r calib -k kernel`` on the
         echo-0 k-space averaged over (tau, n) by ``bart avg -w``.
     calib, kernel : ``ecalib`` calibration size and kernel size (clipped to the matrix).
     threads : ``OMP_NUM_THREADS`` for BART.
+    crop : ``ecalib -c`` crop threshold on the eigenvalue maps. 0 keeps the maps everywhere: the default 0.8
+        cuts large parts of the object here, because the (tau, n)-averaged calibration data mix contrasts.
+    pics_args : extra ``pics`` options, whitespace separated (e.g. ``"-u 0.01"`` for the ADMM rho).
     keep_dir : if given, run there and keep the files (debugging); else a temporary directory.
 
     Returns
@@ -174,6 +190,9 @@ def bart_subspace_recon(
     if not bart_available():
         raise RuntimeError(f"BART CLI not found on PATH; install it with: {BART_INSTALL}")
     nx, ny, nz = kspace.geometry.matrix
+    if any(n % 2 for n in (nx, ny, nz)):
+        raise ValueError(f"matrix {nx}x{ny}x{nz}: BART's pics centres odd dimensions differently from the "
+                         "project's FFT (DC at n // 2); only even matrix sizes are supported")
     b = np.asarray(basis, dtype=np.float32)
     b = b.reshape(-1, b.shape[-1])[:, : (rank or b.shape[-1])]
     nt, k = b.shape
@@ -189,16 +208,19 @@ def bart_subspace_recon(
             _run(["slice", "10", "0", "ksp", "ksp_e0"], work, env)
             _run(["avg", "-w", "32", "ksp_e0", "ksp_avg"], work, env)
             cal, kern = ecalib_geometry(kspace, calib, kernel)
-            _ecalib(work, env, cal, kern, kernel)
+            _ecalib(work, env, cal, kern, kernel, crop)
             s = read_cfl(work / "sens")
             if not np.any(s):
                 raise RuntimeError("bart ecalib returned all-zero coil maps (calibration region too small?)")
         else:
             write_cfl(work / "sens", np.transpose(np.asarray(sens), (3, 2, 1, 0)))
-        _run(["pics", "-S", "-e", "-i", str(iters), "-R", reg, "-B", "basis", "ksp", "sens", "coeff"], work, env)
+        regs = ["-R", reg] if reg else []
+        _run(["pics", "-S", "-e", "-i", str(iters), *regs, *pics_args.split(), "-B", "basis", "ksp", "sens",
+              "coeff"], work, env)
         coeff = read_cfl(work / "coeff")
     coeff = coeff.reshape((nx, ny, nz) + coeff.shape[3:] + (1,) * (11 - coeff.ndim))
     coeff = coeff.reshape(nx, ny, nz, k, -1)  # dims 6 (K) and 10 (E); dims 7-9 are 1
+    coeff = coeff * bart_fft_sign((nx, ny, nz))
     return np.ascontiguousarray(np.transpose(coeff, (4, 3, 2, 1, 0))).astype(np.complex64)
 
 
@@ -212,6 +234,9 @@ class BartConfig:
     calib: int = 12
     kernel: int = 4
     threads: int = 1
+    crop: float = 0.0
+    pics_args: str = ""
+    coil_maps: str = "ecalib"  # "ecalib" (BART's ESPIRiT) or "qmapinr" (ratio maps + JSENSE refinement)
     t1_min_ms: float = 100.0
     t1_max_ms: float = 5000.0
     n_t1: int = 80
@@ -228,9 +253,13 @@ def bart_recon(kspace: KSpace6D, cfg: BartConfig = BartConfig(), sens: np.ndarra
     dictionary = default_dictionary(kspace.seq, (cfg.t1_min_ms, cfg.t1_max_ms), cfg.n_t1,
                                     (cfg.t2_min_ms, cfg.t2_max_ms), cfg.n_t2)
     basis, emax, emean = dictionary.svd_basis(cfg.rank)
+    if sens is None and cfg.coil_maps == "qmapinr":
+        sens, _ = refine_coil_maps(kspace, estimate_coil_maps(kspace), basis)
+    elif cfg.coil_maps not in ("ecalib", "qmapinr"):
+        raise ValueError(f"unknown coil_maps {cfg.coil_maps!r}; use 'ecalib' or 'qmapinr'")
     t1 = time.perf_counter()
     coeff = bart_subspace_recon(kspace, basis, cfg.rank, cfg.reg, cfg.iters, sens=sens, calib=cfg.calib,
-                                kernel=cfg.kernel, threads=cfg.threads)
+                                kernel=cfg.kernel, threads=cfg.threads, crop=cfg.crop, pics_args=cfg.pics_args)
     t2 = time.perf_counter()
     qm = coefficients_to_maps(coeff, basis, dictionary, mask_threshold=cfg.mask_threshold, refine=cfg.refine)
     info = dict(qm.info, method="bart-pics-subspace", rank=cfg.rank, reg=cfg.reg, basis_error_max=emax,

@@ -319,6 +319,8 @@ def match(series: np.ndarray | torch.Tensor, dictionary: Dictionary, refine: boo
     ``Residual`` (a.u., L2 norm of the rank-one misfit) and ``atom`` (int index of the matched atom).
     """
     s = torch.as_tensor(np.asarray(series) if not torch.is_tensor(series) else series)
+    if not s.is_complex():
+        s = s.to(torch.complex128 if s.dtype == torch.float64 else torch.complex64)
     nvox, nte = s.shape[:2]
     s = s.reshape(nvox, nte, -1)
     if s.shape[-1] != dictionary.flat.shape[1]:

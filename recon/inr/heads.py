@@ -174,6 +174,8 @@ class ParameterHeads(nn.Module):
         """
         out: dict[str, torch.Tensor] = {}
         mag_prior = mag_prior or {}
+        if set(mag_prior) - set(MAG_PARAMS):
+            raise ValueError(f"mag_prior keys must be among {MAG_PARAMS}, got {sorted(mag_prior)}")
         for i, name in enumerate(MAG_PARAMS):
             raw = self.mag[name](features).squeeze(-1)
             log0 = torch.log(mag_prior[name]) if name in mag_prior else self._log_init[i]

@@ -46,6 +46,13 @@ class SummitField(nn.Module):
         if cfg.coil_mode not in ("ratio", "jsense", "inr"):
             raise ValueError(f"SummitConfig.coil_mode must be 'ratio', 'jsense' or 'inr', got {cfg.coil_mode!r}")
 
+    def param_groups(self, lr: float, coil_lr_scale: float) -> list[dict]:
+        """Adam parameter groups: the map INR at ``lr``, the coil INR (if any) at ``lr * coil_lr_scale``."""
+        groups = [{"params": list(self.maps.parameters()), "lr": lr}]
+        if self.coil is not None:
+            groups.append({"params": list(self.coil.parameters()), "lr": lr * coil_lr_scale})
+        return groups
+
     def scale_amplitude(self, gain: float) -> None:
         """Multiply the A prior by ``gain`` (> 0)."""
         if gain > 0:

@@ -75,6 +75,8 @@ def test_phase_head_adds_priors_and_mag_prior_replaces_init():
     assert torch.allclose(out["B0"] - base["B0"], b0, atol=1e-4)
     assert torch.allclose(out["A"], a_map, rtol=1e-2)
     assert torch.equal(out["T1"], base["T1"])
+    with pytest.raises(ValueError, match="mag_prior"):
+        heads(feats, mag_prior={"B0": b0})
 
 
 def test_soft_clamp_keeps_range_and_gradient():

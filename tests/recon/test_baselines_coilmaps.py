@@ -1,0 +1,74 @@
+"""Coil-map estimation, JSENSE refinement and coil compression (recon/baselines/coilmaps.py, jsense.py)."""
+
+import numpy as np
+import pytest
+import torch
+
+from qmapinr.recon.baselines.coilmaps import calibration_box, coil_compress, estimate_coil_maps
+from qmapinr.recon.baselines.dictionary import default_dictionary
+from qmapinr.recon.baselines.jsense import refine_coil_maps
+from qmapinr.recon.baselines.synthetic import tiny_dataset
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.set_num_threads(1)
+    return tiny_dataset(matrix=(16, 16, 6), ncoils=4, acceleration=2.0, seed=0)
+
+
+def _alignment(est: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Per-voxel |<est, true>| / (||est|| ||true||): 1 = identical up to a per-voxel complex factor."""
+    num = np.abs(np.sum(est * true.conj(), axis=0))
+    return num / np.maximum(np.linalg.norm(est, axis=0) * np.linalg.norm(true, axis=0), 1e-30)
+
+
+@pytest.mark.parametrize("method", ["ratio", "walsh"])
+def test_estimate_coil_maps_aligned_with_truth(tiny, method):
+    maps = estimate_coil_maps(tiny.kspace, method=method)
+    assert maps.shape == tiny.sens.shape and maps.dtype == np.complex64
+    ip = _alignment(maps, tiny.sens)[tiny.mask]
+    assert np.percentile(ip, 5) > 0.95 and np.median(ip) > 0.98
+    rss = np.sqrt(np.sum(np.abs(maps) ** 2, axis=0))[tiny.mask]
+    np.testing.assert_allclose(np.median(rss), 1.0, atol=0.05)
+
+
+def test_phase_reference_removes_object_phase(tiny):
+    maps = estimate_coil_maps(tiny.kspace, phase_reference="coil")
+    ref = int(np.argmax(np.sum(np.abs(maps) ** 2, axis=(1, 2, 3))))
+    assert np.abs(np.angle(maps[ref][tiny.mask])).max() < 1e-5
+
+
+def test_jsense_refinement_improves_maps(tiny):
+    init = estimate_coil_maps(tiny.kspace)
+    basis, _, _ = default_dictionary(tiny.kspace.seq).svd_basis(4)
+    refined, info = refine_coil_maps(tiny.kspace, init, basis, outer_iters=3, width=(6, 8, 8))
+    err0 = np.sqrt(1 - np.clip(_alignment(init, tiny.sens)[tiny.mask], 0, 1) ** 2)
+    err1 = np.sqrt(1 - np.clip(_alignment(refined, tiny.sens)[tiny.mask], 0, 1) ** 2)
+    assert np.median(err1) < 0.5 * np.median(err0)
+    assert np.median(err1) < 0.03
+    assert info["jsense_residual"][-1] < info["jsense_residual"][0]
+
+
+def test_calibration_box():
+    count = np.zeros((6, 16), dtype=int)
+    count[1:6, 4:13] = 1
+    assert calibration_box(count) == (5, 9)
+    assert calibration_box(count, (3, 5)) == (3, 5)
+    assert calibration_box(np.zeros((6, 16), dtype=int)) == (0, 0)
+
+
+def test_coil_compress_exact_and_energy(tiny):
+    ks = tiny.kspace
+    full, mat = coil_compress(ks, ks.ncoils)
+    assert mat.shape == (ks.ncoils, ks.ncoils)
+    np.testing.assert_allclose(mat @ mat.conj().T, np.eye(ks.ncoils), atol=1e-5)
+    back = np.tensordot(mat.conj().T, full.data, axes=(1, 0))
+    np.testing.assert_allclose(back, ks.data, atol=1e-5 * np.abs(ks.data).max())
+    e_in = np.sum(np.abs(ks.data) ** 2)
+    energies = [np.sum(np.abs(coil_compress(ks, n)[0].data) ** 2) for n in (1, 2, 3, 4)]
+    assert np.all(np.diff(energies) >= 0) and energies[0] > 0.25 * e_in
+    np.testing.assert_allclose(energies[-1], e_in, rtol=1e-5)
+    two, _ = coil_compress(ks, 2)
+    assert two.data.shape == (2,) + ks.data.shape[1:] and two.meta["coil_compression"]["n_virtual"] == 2
+    with pytest.raises(ValueError):
+        coil_compress(ks, 0)
