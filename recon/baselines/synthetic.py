@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
 from qmapinr.recon.kspace import Geometry, KSpace6D, SequenceParams
 from qmapinr.recon.physics.fft import fftc
 from qmapinr.recon.physics.forward import ExactForward

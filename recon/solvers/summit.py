@@ -10,6 +10,7 @@ epochs. Timing per stage (encoding+heads, forward, loss/WNNM, backward+step) is 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -61,24 +62,41 @@ class _Timer:
         self._t = now
 
 
-def _wnnm_terms(maps: dict[str, torch.Tensor], cfg: SummitConfig, sigmas: dict[str, float]) -> torch.Tensor:
-    """lambda_A WNNM(A) + lambda_T1phase WNNM([T1, B0]) + lambda_T2 WNNM([T2, T2*]) on (bx, nz, ny) slices."""
-    kw = dict(patch=cfg.wnnm_patch, window=cfg.wnnm_window, n_similar=cfg.wnnm_similar)
+WNNM_GROUPS = (("lambda_a", ("A",)), ("lambda_t1_phase", ("T1", "B0")), ("lambda_t2", ("T2", "T2star")))
+"""SUMMIT's three jointly regularised groups: A; T1 + phase (the B0 map); T2 + T2*."""
+
+
+def _wnnm_terms(maps: dict[str, torch.Tensor], cfg: SummitConfig, levels: dict[str, tuple[float, float]]
+                ) -> torch.Tensor:
+    """sum_g lambda_g WNNM(group g) on the (bx, nz, ny) slices of the batch, each map in units of its scale."""
+    # weight floor eps = sigma^2 (normalised units): the largest weight is 1/sigma instead of 1/sqrt(1e-6), so
+    # noise-level components are shrunk hard but the regulariser cannot out-vote the data everywhere.
+    rel = max(levels["T1"][1] / levels["T1"][0], 1e-3)
+    kw = dict(patch=cfg.wnnm_patch, window=cfg.wnnm_window, n_similar=cfg.wnnm_similar, eps=rel**2)
     total = maps["T1"].new_zeros(())
-    groups = ((cfg.lambda_a, ("A",)), (cfg.lambda_t1_phase, ("T1", "B0")), (cfg.lambda_t2, ("T2", "T2star")))
-    for lam, names in groups:
+    for attr, names in WNNM_GROUPS:
+        lam = getattr(cfg, attr)
         if lam > 0:
             stack = torch.stack([maps[n] for n in names], dim=1)
-            total = total + lam * wnnm_loss(stack, [sigmas[n] for n in names], **kw)
+            total = total + lam * wnnm_loss(stack, [levels[n][1] for n in names],
+                                            scale=[levels[n][0] for n in names], **kw)
     return total
 
 
-def _map_noise_levels(init: dict[str, torch.Tensor], mask: torch.Tensor, rel: float) -> dict[str, float]:
-    """Per-map noise std (map units) for the WNNM weights: ``rel`` x the in-mask median magnitude."""
+def map_noise_levels(init: dict[str, torch.Tensor], mask: torch.Tensor, rel_noise: float
+                     ) -> dict[str, tuple[float, float]]:
+    """Per map ``(scale, sigma)`` in map units for the WNNM weights.
+
+    scale = in-mask median of ``|map|`` of the initial estimate (10 Hz floor for B0, which is centred near 0);
+    sigma = ``rel_noise`` x scale, with ``rel_noise`` the inverse image SNR estimated from the noise pre-scan.
+    """
     out = {}
     for name, m in init.items():
         v = m[mask].abs()
-        out[name] = float(rel * (v.median() if v.numel() else 1.0)) + 1e-6
+        scale = float(v.median()) if v.numel() else 1.0
+        if name == "B0":
+            scale = max(scale, 10.0)
+        out[name] = (max(scale, 1e-6), rel_noise * max(scale, 1e-6))
     return out
 
 
@@ -164,7 +182,12 @@ def summit_recon(kspace: KSpace6D, cfg: SummitConfig = SummitConfig(),
     gain = _amplitude_gain(model, fwd, hybrid, cfg.batch_x)
     model.scale_amplitude(gain)
     log.info("init: amplitude prior rescaled by %.3g (least-squares fit of the forward model to the data)", gain)
-    sigmas = _map_noise_levels(init.maps, mask, 0.05)
+    # inverse SNR of the low-resolution image: noise std of the pre-scan over the median in-mask amplitude
+    signal_level = float(init.maps["A"][mask].median()) * math.sin(math.radians(kspace.seq.flip_deg)) * 0.5
+    rel_noise = min(max((sigma or 0.0) / max(signal_level, 1e-12), 0.005), 0.2)
+    levels = map_noise_levels(init.maps, mask, rel_noise)
+    wnnm_on = cfg.lambda_a > 0 or cfg.lambda_t1_phase > 0 or cfg.lambda_t2 > 0
+    dc_ref = None
 
     opt = torch.optim.Adam(model.param_groups(cfg.lr, cfg.coil_lr_scale), lr=cfg.lr, fused=True)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
@@ -185,8 +208,10 @@ def summit_recon(kspace: KSpace6D, cfg: SummitConfig = SummitConfig(),
             timer.mark("forward")
             dc = l1_complex(pred, hybrid[xb.to(device)])
             loss = dc
-            if epoch >= cfg.wnnm_start_epoch and (cfg.lambda_a or cfg.lambda_t1_phase or cfg.lambda_t2):
-                loss = loss + _wnnm_terms(maps, cfg, sigmas)
+            if dc_ref is None:
+                dc_ref = float(dc.detach())  # lambdas are relative to the initial data-consistency loss
+            if wnnm_on and epoch >= cfg.wnnm_start_epoch:
+                loss = loss + dc_ref * _wnnm_terms(maps, cfg, levels)
             timer.mark("loss")
             opt.zero_grad(set_to_none=True)
             loss.backward()
