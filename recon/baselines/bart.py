@@ -1,8 +1,8 @@
 """BART peer: the temporal-subspace reconstruction run by the real BART command-line tools.
 
-Nothing of BART is reimplemented: the k-space, basis and (optionally) coil maps are written as ``.cfl``/``.hdr``
-files, ``bart avg``, ``bart ecalib`` and ``bart pics`` run in a temporary directory through ``subprocess``,
-and the coefficient images are read back and dictionary-matched.
+Nothing of BART is reimplemented: the k-space, basis and (optionally) coil maps are written as
+``.cfl``/``.hdr`` files, ``bart avg``, ``bart ecalib`` and ``bart pics`` run in a temporary directory through
+``subprocess``, and the coefficient images are read back and dictionary-matched.
 
 Layout (docs/peers.md): k-space ``[X Y Z C 1 T 1 1 1 1 E]`` with the (tau, n) series in dim 5 (``t = tau *
 nseg + n``) and the echoes in dim 10, unsampled points exactly 0; basis ``[1 1 1 1 1 T K]``; ``pics -B``
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from qmapinr.recon.baselines.coilmaps import averaged_kspace, calibration_box, estimate_coil_maps
 from qmapinr.recon.baselines.dictionary import coefficients_to_maps, default_dictionary
 from qmapinr.recon.baselines.jsense import refine_coil_maps
@@ -46,9 +47,9 @@ def bart_available() -> bool:
 
 
 def write_cfl(path_base: str | os.PathLike, array: np.ndarray) -> None:
-    """Write ``path_base.hdr`` (dimensions, padded with 1 to 16) and ``path_base.cfl`` (complex64, column-major).
+    """Write ``path_base.hdr`` (dims padded with 1 to 16) and ``path_base.cfl`` (complex64, column-major).
 
-    The array's axis 0 is BART dimension 0 (fastest-varying in the file), as in BART's own Python ``writecfl``.
+    The array's axis 0 is BART dimension 0 (fastest-varying in the file), as in BART's Python ``writecfl``.
     """
     arr = np.asarray(array)
     if arr.ndim > _NDIMS:
@@ -138,7 +139,7 @@ def ecalib_geometry(kspace: KSpace6D, calib: int = 12, kernel: int = 4) -> tuple
 
 
 def _ecalib(work: Path, env: dict, cal: str, kern: str, kernel: int, crop: float) -> None:
-    """``bart ecalib -m1``; on an assertion failure retry once with the kernel clipped to the reported region."""
+    """``bart ecalib -m1``; on an assertion failure retry once with the kernel clipped to the found region."""
     try:
         _run(["ecalib", "-d4", "-m1", "-c", str(crop), "-k", kern, "-r", cal, "ksp_avg", "sens"], work, env)
     except RuntimeError as exc:
@@ -146,7 +147,8 @@ def _ecalib(work: Path, env: dict, cal: str, kern: str, kernel: int, crop: float
         if m is None:
             raise
         kern2 = ":".join(str(max(1, min(kernel, int(v) - 1))) for v in m.groups())
-        log.warning("ecalib failed with kernel %s; retrying with %s (region %sx%sx%s)", kern, kern2, *m.groups())
+        log.warning("ecalib failed with kernel %s; retrying with %s (region %sx%sx%s)", kern, kern2,
+                    *m.groups())
         _run(["ecalib", "-m1", "-c", str(crop), "-k", kern2, "-r", cal, "ksp_avg", "sens"], work, env)
 
 
@@ -169,7 +171,8 @@ def bart_subspace_recon(
     Parameters
     ----------
     kspace : sampled lines.
-    basis : real ``(ntau*nseg, K)`` or ``(ntau, nseg, K)`` temporal basis; the first ``rank`` columns are used.
+    basis : real ``(ntau*nseg, K)`` or ``(ntau, nseg, K)`` temporal basis; the first ``rank`` columns are
+        used.
     rank : number of basis columns (None = all).
     reg : BART ``-R`` regulariser (``T:7:0:l`` = 3-D TV, ``W:7:64:l`` = wavelet joint over coefficients);
         ``""`` = none (e.g. with ``pics_args="-l2 -r 1e-4"``: Tikhonov, solved by CG).
@@ -259,7 +262,8 @@ def bart_recon(kspace: KSpace6D, cfg: BartConfig = BartConfig(), sens: np.ndarra
         raise ValueError(f"unknown coil_maps {cfg.coil_maps!r}; use 'ecalib' or 'qmapinr'")
     t1 = time.perf_counter()
     coeff = bart_subspace_recon(kspace, basis, cfg.rank, cfg.reg, cfg.iters, sens=sens, calib=cfg.calib,
-                                kernel=cfg.kernel, threads=cfg.threads, crop=cfg.crop, pics_args=cfg.pics_args)
+                                kernel=cfg.kernel, threads=cfg.threads, crop=cfg.crop,
+                                pics_args=cfg.pics_args)
     t2 = time.perf_counter()
     qm = coefficients_to_maps(coeff, basis, dictionary, mask_threshold=cfg.mask_threshold, refine=cfg.refine)
     info = dict(qm.info, method="bart-pics-subspace", rank=cfg.rank, reg=cfg.reg, basis_error_max=emax,

@@ -3,10 +3,10 @@
 * :func:`estimate_coil_maps` — low-resolution ratio maps: the echo-0 samples of each (ky, kz) location,
   taken at different (tau, n), combined by a sign-aware least-squares fit to the typical recovery curve
   (:func:`averaged_kspace`), Hann-windowed around the fully sampled centre in 3-D, inverse FFT, each coil
-  image divided by the root-sum-of-squares (with a small floor), phase referenced to one coil. ``method="walsh"``
-  instead takes, per voxel, the dominant eigenvector of the coil covariance of the same low-resolution images
-  in a small neighbourhood (Walsh et al., MRM 2000) — an eigen method that needs no division and degrades
-  gracefully where the image is dark.
+  image divided by the root-sum-of-squares (with a small floor), phase referenced to one coil.
+  ``method="walsh"`` instead takes, per voxel, the dominant eigenvector of the coil covariance of the same
+  low-resolution images in a small neighbourhood (Walsh et al., MRM 2000) — an eigen method that needs no
+  division and degrades gracefully where the image is dark.
 * :func:`coil_compress` — SVD (PCA) coil compression of all lines; unitary at ``n_virtual = coils``.
 
 Why not a plain average over (tau, n): each location is sampled at most once per tau at a random n, and the
@@ -23,6 +23,7 @@ import logging
 
 import numpy as np
 import torch
+
 from qmapinr.recon.kspace import KSpace6D, SequenceParams
 from qmapinr.recon.physics.fft import ifftc
 
@@ -136,8 +137,8 @@ def lowres_coil_images(kspace: KSpace6D, echo: int = 0, window: tuple[int, int, 
     if auto_calib:
         bz, by = calibration_box(count, (wz, wy))
         if min(bz, by) < 3:
-            log.warning("fully sampled calibration box only %dx%d (kz x ky); using the %dx%d window with holes",
-                        bz, by, wz, wy)
+            log.warning("fully sampled calibration box only %dx%d (kz x ky); using the %dx%d window with "
+                        "holes", bz, by, wz, wy)
         else:
             wz, wy = bz, by
     w = (_hann(nz, wz)[:, None, None] * _hann(ny, wy)[None, :, None] * _hann(nx, window[2])[None, None, :])
@@ -193,8 +194,8 @@ def estimate_coil_maps(
 
 
 def _walsh(img: np.ndarray, radius: int) -> np.ndarray:
-    """Walsh maps ``(C, nz, ny, nx)``: per voxel the unit dominant eigenvector of the coil covariance summed over a
-    ``(2 radius + 1)^3`` box, its phase chosen so that ``s^H img`` is real (the maps carry the object phase)."""
+    """Walsh maps ``(C, nz, ny, nx)``: per voxel the unit dominant eigenvector of the coil covariance summed
+    over a ``(2 radius + 1)^3`` box, phase chosen so that ``s^H img`` is real (maps carry object phase)."""
     from scipy.ndimage import uniform_filter
 
     size = 2 * radius + 1
@@ -237,7 +238,9 @@ def coil_compress(kspace: KSpace6D, n_virtual: int) -> tuple[KSpace6D, np.ndarra
     m64 = mat.to(torch.complex64)
     data = (m64 @ torch.from_numpy(np.ascontiguousarray(kspace.data)).reshape(c, -1)).reshape(
         (n_virtual,) + kspace.data.shape[1:])
-    noise = None if kspace.noise is None else (m64 @ torch.from_numpy(kspace.noise.astype(np.complex64))).numpy()
+    noise = None
+    if kspace.noise is not None:
+        noise = (m64 @ torch.from_numpy(kspace.noise.astype(np.complex64))).numpy()
     meta = dict(kspace.meta, coil_compression={"n_virtual": n_virtual, "energy_kept": kept})
     out = dataclasses.replace(kspace, data=data.numpy(), noise=noise, meta=meta)
     return out, m64.numpy()

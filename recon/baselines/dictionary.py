@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
 from qmapinr.recon.kspace import QuantMaps, SequenceParams
 from qmapinr.recon.physics.signal import signal
 
@@ -83,7 +84,7 @@ class Dictionary:
         return self.atoms.reshape(self.natoms, -1)
 
     def svd(self) -> tuple[np.ndarray, np.ndarray]:
-        """Right singular vectors ``(T, T)`` (columns, descending) and singular values of the unit-norm atoms."""
+        """Right singular vectors ``(T, T)`` (columns, descending) and singular values of the unit atoms."""
         if "svd" not in self._cache:
             d = self.flat / np.linalg.norm(self.flat, axis=1, keepdims=True)
             w, v = np.linalg.eigh(d.T @ d)
@@ -100,7 +101,7 @@ class Dictionary:
         return float(err.max()), float(err.mean())
 
     def svd_basis(self, rank: int) -> tuple[np.ndarray, float, float]:
-        """Temporal subspace basis ``(ntau, nseg, rank)`` float32 and its (max, mean) relative projection error."""
+        """Temporal basis ``(ntau, nseg, rank)`` float32 and its (max, mean) relative projection error."""
         v, _ = self.svd()
         u = v[:, :rank]
         emax, emean = self.projection_error(u)
@@ -168,7 +169,8 @@ def fit_echoes(
     ----------
     h : complex ``(nvox, nte)`` per-echo amplitudes.
     te_ms : ``(nte,)`` echo times in ms.
-    t2s_grid : optional T2* grid (ms); None = weighted (``|h|^2``) log-linear fit clipped to ``t2s_bounds_ms``.
+    t2s_grid : optional T2* grid (ms); None = weighted (``|h|^2``) log-linear fit clipped to
+        ``t2s_bounds_ms``.
 
     Returns
     -------
@@ -232,7 +234,7 @@ def _match_orthonormal(
     n1, n2 = dictionary.t1_grid.size, dictionary.t2_grid.size
     chunk = max(1, _CHUNK_BYTES // (8 * nte * natoms))
     if real_atoms:
-        # Real atoms: <p, c> = p.Re(c) + j p.Im(c): one real matmul on the stacked (Re, Im) rows, half the flops.
+        # Real atoms: <p, c> = p.Re(c) + j p.Im(c): one real matmul on stacked (Re, Im) rows, half the flops.
         pt = torch.from_numpy(np.ascontiguousarray(pn.real.T, dtype=np.float32))  # (K, natoms)
     else:
         pt = torch.from_numpy(np.ascontiguousarray(pn.conj().T, dtype=np.complex64))

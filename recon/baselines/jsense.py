@@ -20,6 +20,7 @@ import logging
 
 import numpy as np
 import torch
+
 from qmapinr.recon.baselines.sense import SenseSubspaceOp, conjugate_gradient, power_iteration, readout_ifft
 from qmapinr.recon.kspace import KSpace6D
 from qmapinr.recon.physics.fft import fftc, ifftc
@@ -38,7 +39,7 @@ class _LowRes:
 
     def __init__(self, shape_zyx: tuple[int, int, int], width: tuple[int, int, int]):
         self.shape = shape_zyx
-        self.sl = tuple(_block(n, w) for n, w in zip(shape_zyx, width))
+        self.sl = tuple(_block(n, w) for n, w in zip(shape_zyx, width, strict=True))
 
     def forward(self, sigma: torch.Tensor) -> torch.Tensor:
         k = sigma.new_zeros((sigma.shape[0],) + self.shape)
@@ -57,7 +58,7 @@ def refine_coil_maps(
     outer_iters: int = 4,
     x_cg_iters: int = 8,
     s_cg_iters: int = 8,
-    width: tuple[int, int, int] = (12, 16, 16),
+    width: tuple[int, int, int] = (8, 10, 10),
     ridge: float = 1e-3,
     floor: float = 0.02,
     seed: int = 0,
@@ -94,21 +95,29 @@ def refine_coil_maps(
         op.sens = lowres.forward(sigma) if it else s_x
         x = conjugate_gradient(op.normal, op.adjoint(y), x, x_cg_iters)
 
-        def m_fwd(s: torch.Tensor, x=x) -> torch.Tensor:  # maps (nx, C, nz, ny) -> lines
-            return op.op.forward(s[:, :, None, None] * x[:, None])
+        def m_fwd(s: torch.Tensor, x=x) -> torch.Tensor:  # maps (nx, C, nz, ny) -> lines, batched over x
+            return torch.cat([op.op.forward(s[b:b + op.bx, :, None, None] * x[b:b + op.bx, None])
+                              for b in range(0, s.shape[0], op.bx)], 0)
 
-        def m_adj(r: torch.Tensor, x=x) -> torch.Tensor:  # lines -> maps
-            return (x[:, None].conj() * op.op.adjoint(r)).sum((2, 3))
+        def m_adj(r: torch.Tensor, x=x) -> torch.Tensor:  # lines -> maps, batched over x
+            return torch.cat([(x[b:b + op.bx, None].conj() * op.op.adjoint(r[b:b + op.bx])).sum((2, 3))
+                              for b in range(0, r.shape[0], op.bx)], 0)
 
         def normal(sg: torch.Tensor, x=x) -> torch.Tensor:  # L^H M^H M L through the temporal PSF
             s = lowres.forward(sg)
-            out = [(x[b:b + op.bx, None].conj() * op.gram(s[b:b + op.bx, :, None, None] * x[b:b + op.bx, None]))
-                   .sum((2, 3)) for b in range(0, s.shape[0], op.bx)]
+            out = []
+            for b in range(0, s.shape[0], op.bx):
+                xb = x[b:b + op.bx, None]
+                out.append((xb.conj() * op.gram(s[b:b + op.bx, :, None, None] * xb)).sum((2, 3)))
             return lowres.adjoint(torch.cat(out, 0))
 
         lmax = power_iteration(normal, tuple(sigma.shape), iters=6, seed=seed + it)
         mu = ridge * lmax
-        sigma = conjugate_gradient(lambda sg: normal(sg) + mu * sg, lowres.adjoint(m_adj(y)), sigma, s_cg_iters)
+
+        def regularised(sg: torch.Tensor, normal=normal, mu=mu) -> torch.Tensor:
+            return normal(sg) + mu * sg
+
+        sigma = conjugate_gradient(regularised, lowres.adjoint(m_adj(y)), sigma, s_cg_iters)
         r = float(torch.linalg.vector_norm(m_fwd(lowres.forward(sigma)) - y)) / ynorm
         history.append(r)
         log.debug("JSENSE %d: relative residual %.4g", it, r)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from qmapinr.recon.kspace import KSpace6D
 from qmapinr.recon.physics.fft import ifftc
 from qmapinr.recon.physics.forward import LineSubspaceOp

@@ -18,8 +18,8 @@ positions, so the problem is *not* separable over x; it is solved by ADMM with t
 * z-update: group soft-thresholding (closed form, no inner Chambolle loop),
 * u-update: ``u += D x - z``.
 
-Scale: ``lam`` and ``rho`` are relative. The solver estimates ``L = ||A||^2`` by seeded power iteration and the
-image scale ``s`` (99th percentile of the coefficient RSS of a short unregularised CG solve) and uses
+Scale: ``lam`` and ``rho`` are relative. The solver estimates ``L = ||A||^2`` by seeded power iteration and
+the image scale ``s`` (99th percentile of the coefficient RSS of a short unregularised CG solve) and uses
 ``lam * L * s`` and ``rho * L``, so defaults carry over between data sets.
 """
 
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from qmapinr.recon.baselines.coilmaps import coil_compress, estimate_coil_maps
 from qmapinr.recon.baselines.dictionary import Dictionary, coefficients_to_maps, default_dictionary
 from qmapinr.recon.baselines.jsense import refine_coil_maps
@@ -73,7 +74,7 @@ _TV_DIMS = (0, 3, 4)  # x, z, y of (nx, nte, K, nz, ny)
 
 
 def grad3(x: torch.Tensor) -> torch.Tensor:
-    """Forward differences ``(3, *x.shape)`` along (x, z, y) of ``(nx, nte, K, nz, ny)``; 0 at the far edge."""
+    """Forward differences ``(3, *x.shape)`` along (x, z, y) of ``(nx, nte, K, nz, ny)``; 0 at the far end."""
     out = x.new_zeros((3,) + x.shape)
     for i, d in enumerate(_TV_DIMS):
         n = x.shape[d]
@@ -93,14 +94,14 @@ def grad3_adjoint(g: torch.Tensor) -> torch.Tensor:
 
 
 def group_shrink(v: torch.Tensor, thresh: float) -> torch.Tensor:
-    """Prox of ``thresh * sum_voxel ||v||_2`` with the norm over (direction, TE, K); v ``(3, nx, nte, K, nz, ny)``."""
+    """Prox of ``thresh * sum_voxel ||v||_2``, norm over (direction, TE, K); v ``(3, nx, nte, K, nz, ny)``."""
     norm = (v.real**2 + v.imag**2).sum((0, 2, 3), keepdim=True).sqrt()
     return v * torch.clamp(1.0 - thresh / norm.clamp(min=1e-30), min=0.0)
 
 
 def admm_tv(op: SenseSubspaceOp, y: torch.Tensor, lam: float, rho: float, iters: int, cg_iters: int,
             x0: torch.Tensor) -> tuple[torch.Tensor, list[float], list[float]]:
-    """ADMM for ``1/2 ||A x - y||^2 + lam ||D x||_{2,1}`` (absolute lam, rho); returns x, residuals, objectives."""
+    """ADMM for ``1/2 ||A x - y||^2 + lam ||D x||_{2,1}`` (absolute lam, rho) -> x, residuals, objectives."""
     aty = op.adjoint(y)
     ynorm = float(torch.linalg.vector_norm(y))
     x = x0
@@ -137,7 +138,7 @@ def subspace_solve(kspace: KSpace6D, cfg: SubspaceConfig, basis: np.ndarray | to
 
     Returns
     -------
-    complex64 coefficient images ``(nte, K, nz, ny, nx)`` and an info dict (residual history, scales, timings).
+    complex64 coefficient images ``(nte, K, nz, ny, nx)`` and an info dict (residuals, scales, timings).
     """
     t0 = time.perf_counter()
     info: dict = {}
@@ -164,7 +165,8 @@ def subspace_solve(kspace: KSpace6D, cfg: SubspaceConfig, basis: np.ndarray | to
     ynorm = max(float(torch.linalg.vector_norm(y)), 1e-30)
     r_init = float(torch.linalg.vector_norm(op.forward(x0) - y)) / ynorm
     info.update({
-        "residual_history": [1.0, r_init] + resid,  # relative ||Ax - y|| at x = 0, after the CG start, per ADMM
+        # relative ||Ax - y|| at x = 0, after the CG start, after every ADMM iteration
+        "residual_history": [1.0, r_init] + resid,
         "objective_history": objective,
         "lipschitz": lmax,
         "image_scale": scale,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from qmapinr.recon.kspace import Geometry, KSpace6D, SequenceParams
 from qmapinr.recon.physics.fft import fftc
 from qmapinr.recon.physics.forward import ExactForward
@@ -39,7 +40,8 @@ def smooth_coils(shape_zyx: tuple[int, int, int], ncoils: int) -> np.ndarray:
     out = []
     for i in range(ncoils):
         a = 2 * np.pi * i / ncoils
-        mag = np.exp(-((x - 1.3 * np.cos(a)) ** 2 + (y - 1.3 * np.sin(a)) ** 2 + (z - 0.8 * (-1) ** i) ** 2) / 2.0)
+        d2 = (x - 1.3 * np.cos(a)) ** 2 + (y - 1.3 * np.sin(a)) ** 2 + (z - 0.8 * (-1) ** i) ** 2
+        mag = np.exp(-d2 / 2.0)
         out.append(mag * np.exp(1j * (0.5 * a + 0.4 * x * np.sin(a) + 0.3 * z * np.cos(a))))
     return np.stack(out).astype(np.complex64)
 
@@ -65,10 +67,11 @@ def tiny_dataset(matrix: tuple[int, int, int] = (16, 14, 8), ncoils: int = 4, ac
     """Noiseless (or ``noise_sigma`` complex Gaussian per sample) tiny data set; ``matrix`` = (nx, ny, nz)."""
     rng = np.random.default_rng(seed)
     nx, ny, nz = matrix
-    z, y, x = np.meshgrid(np.linspace(-1, 1, nz), np.linspace(-1, 1, ny), np.linspace(-1, 1, nx), indexing="ij")
+    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in (nz, ny, nx)), indexing="ij")
     obj = (x / 0.85) ** 2 + (y / 0.85) ** 2 + (z / 0.85) ** 2 < 1
     inner = ((x - 0.2) / 0.3) ** 2 + ((y + 0.1) / 0.35) ** 2 < 1
-    maps = {"A": np.where(obj, 1.0, 0.0), "T1": np.where(inner, 1400.0, 800.0), "T2": np.where(inner, 110.0, 70.0),
+    maps = {"A": np.where(obj, 1.0, 0.0), "T1": np.where(inner, 1400.0, 800.0),
+            "T2": np.where(inner, 110.0, 70.0),
             "T2star": np.where(inner, 60.0, 45.0), "Phase0": 0.3 + 0.2 * x, "B0": 15.0 * y}
     sens = smooth_coils((nz, ny, nx), ncoils)
     ky_l, kz_l, seg_l, tau_l = vd_lines(ny, nz, seq, acceleration, rng)
@@ -79,7 +82,8 @@ def tiny_dataset(matrix: tuple[int, int, int] = (16, 14, 8), ncoils: int = 4, ac
         hyb = fwd(tm, st)  # (nx, C, nte, nlines)
     k = fftc(hyb, dims=(0,)).permute(1, 2, 3, 0).numpy().astype(np.complex64)
     if noise_sigma > 0:
-        k = k + (noise_sigma * (rng.standard_normal(k.shape) + 1j * rng.standard_normal(k.shape))).astype(k.dtype)
+        noise = rng.standard_normal(k.shape) + 1j * rng.standard_normal(k.shape)
+        k = k + (noise_sigma * noise).astype(k.dtype)
     geo = Geometry(matrix=(nx, ny, nz), fov_mm=(float(nx), float(ny), 4.0 * nz))
     ks = KSpace6D(data=k, ky=ky_l, kz=kz_l, seg=seg_l, tau=tau_l, seq=seq, geometry=geo)
     return TinyDataset(kspace=ks, maps=maps, sens=sens, mask=obj, compartment=obj & inner)

@@ -16,8 +16,8 @@ from qmapinr.recon.baselines.dictionary import (
 from qmapinr.recon.kspace import SequenceParams
 from qmapinr.recon.physics.signal import signal
 
-SEQ = SequenceParams(tr_ms=30.0, te_ms=(4.5, 11.2, 17.9, 24.6), flip_deg=10.0, tau_ms=(25.0, 50.0, 70.0, 90.0),
-                     nseg=20)
+SEQ = SequenceParams(tr_ms=30.0, te_ms=(4.5, 11.2, 17.9, 24.6), flip_deg=10.0,
+                     tau_ms=(25.0, 50.0, 70.0, 90.0), nseg=20)
 T1_GRID = np.geomspace(200.0, 4000.0, 24)
 T2_GRID = np.geomspace(20.0, 1500.0, 18)
 
@@ -72,8 +72,8 @@ def test_refinement_within_grid_step(dictionary):
     step1 = T1_GRID[1] / T1_GRID[0]
     step2 = T2_GRID[1] / T2_GRID[0]
     for refine in (False, True):
-        # T1 and T2 are correlated in the signal and long T1 is weakly encoded by 20 readouts, so the best atom
-        # can be a (diagonal) neighbour: allow two steps at worst, half a step in the median.
+        # T1 and T2 are correlated in the signal and long T1 is weakly encoded by 20 readouts, so the best
+        # atom can be a (diagonal) neighbour: allow two steps at worst, half a step in the median.
         r = match(s, dictionary, refine=refine)
         assert np.all(np.abs(np.log(r["T1"] / t1)) <= 2 * np.log(step1))
         assert np.all(np.abs(np.log(r["T2"] / t2)) <= 2 * np.log(step2))
@@ -126,7 +126,8 @@ def test_tau_outer_dictionary_recovers_its_own_signal():
 
 def test_fit_echoes_t2s_grid_and_single_echo():
     te = (5.0, 10.0, 15.0)
-    h = 2.0 * np.exp(-np.array(te) / 40.0)[None] * np.exp(1j * (0.5 + 2 * np.pi * 20.0 * np.array(te) * 1e-3))[None]
+    tea = np.array(te)
+    h = (2.0 * np.exp(-tea / 40.0) * np.exp(1j * (0.5 + 2 * np.pi * 20.0 * tea * 1e-3)))[None]
     r = fit_echoes(h, te, t2s_grid=np.array([20.0, 30.0, 40.0, 50.0]))
     assert r["T2star"][0] == 40.0
     np.testing.assert_allclose([r["A"][0], r["B0"][0], r["Phase0"][0]], [2.0, 20.0, 0.5], rtol=1e-6)

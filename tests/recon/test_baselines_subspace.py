@@ -31,7 +31,8 @@ def tiny():
 def op_and_data(tiny):
     basis, _, _ = default_dictionary(tiny.kspace.seq).svd_basis(4)
     sens = torch.from_numpy(np.ascontiguousarray(np.transpose(tiny.sens, (3, 0, 1, 2))))
-    return SenseSubspaceOp(torch.from_numpy(basis), tiny.kspace, sens, batch_bytes=2**20), readout_ifft(tiny.kspace)
+    op = SenseSubspaceOp(torch.from_numpy(basis), tiny.kspace, sens, batch_bytes=2**20)
+    return op, readout_ifft(tiny.kspace)
 
 
 def _rand(shape, seed):
