@@ -153,7 +153,7 @@ def estimate_coil_maps(
     floor: float = 0.02,
     method: str = "ratio",
     phase_reference: str = "coil",
-    walsh_radius: int = 2,
+    walsh_radius: int = 1,
     auto_calib: bool = True,
     weighting: str = "contrast",
 ) -> np.ndarray:

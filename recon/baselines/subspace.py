@@ -43,9 +43,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SubspaceConfig:
-    """Settings of :func:`subspace_recon` (times in ms; ``lam_tv``, ``rho`` relative, see module doc)."""
+    """Settings of :func:`subspace_recon` (times in ms; ``lam_tv``, ``rho`` relative, see module doc).
 
-    rank: int = 6
+    ``rank``: each (ky, kz) location is sampled at most once per tau, so the K coefficients of a location are
+    determined only through the coils and the regulariser; on the 32x32x8, 4-coil, R = 2 test object rank 4
+    gave T1 errors of 1-2 % (median) where rank 6 gave 11-15 % (noiseless). Raise it with many coils / low R.
+    """
+
+    rank: int = 4
     lam_tv: float = 0.002
     admm_iters: int = 20
     cg_iters: int = 6

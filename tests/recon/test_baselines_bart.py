@@ -112,11 +112,12 @@ def test_bart_subspace_recon_fits_the_data(tiny):
 @needs_bart
 @pytest.mark.slow
 def test_bart_recon_with_ecalib_and_with_project_maps(tiny):
-    # BART's own pipeline (avg -> ecalib -> pics with TV by ADMM): runs and returns sane maps. Its accuracy
-    # on this tiny object is poor (ecalib on contrast-mixed calibration data), so only sanity is asserted.
-    qm = bart_recon(tiny.kspace, BartConfig(rank=4, iters=15))
-    assert qm.info["method"] == "bart-pics-subspace" and qm.mask.any()
-    assert all(np.isfinite(m).all() and m.shape == (8, 14, 16) for m in qm.maps.values())
+    # BART's own pipeline (calibration data -> ecalib -> pics with TV by ADMM): runs and returns sane maps.
+    # Its accuracy on this tiny, noiseless object is modest (slow ADMM convergence): only sanity is asserted.
+    for calib_data in ("avg", "contrast"):
+        qm = bart_recon(tiny.kspace, BartConfig(rank=4, iters=8, calib_data=calib_data))
+        assert qm.info["method"] == "bart-pics-subspace" and qm.mask.any()
+        assert all(np.isfinite(m).all() and m.shape == (8, 14, 16) for m in qm.maps.values())
     # With the project's coil maps and Tikhonov/CG, pics + matching recovers T1.
     cfg = BartConfig(rank=4, iters=30, reg="", pics_args="-l2 -r 0.0001", coil_maps="qmapinr")
     qm2 = bart_recon(tiny.kspace, cfg)
