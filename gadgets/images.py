@@ -15,6 +15,7 @@ import logging
 import ismrmrd
 import ismrmrd.xsd as xsd
 import numpy as np
+
 from qmapinr.recon.kspace import MAP_UNITS, Geometry, QuantMaps
 
 logger = logging.getLogger(__name__)

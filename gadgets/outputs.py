@@ -15,6 +15,7 @@ from pathlib import Path
 
 import ismrmrd
 import numpy as np
+
 from qmapinr.gadgets.images import SERIES_INDEX, mrd_images_to_maps, robust_window
 
 logger = logging.getLogger(__name__)

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 import h5py
 import ismrmrd
 import numpy as np
+from tqdm import tqdm
+
 from qmapinr.gadgets import wire
 from qmapinr.gadgets.launch import InProcessGadget, LaunchError, SubprocessGadget, accept_one, listen_loopback
-from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 

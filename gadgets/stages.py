@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import ismrmrd
 import numpy as np
+
 from qmapinr.gadgets.images import maps_to_mrd_images
 from qmapinr.recon.kspace import Geometry, KSpace6D, QuantMaps, SequenceParams
 from qmapinr.recon.mrdheader import EncodingInfo, geometry_from_acquisition, parse_header

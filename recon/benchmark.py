@@ -110,8 +110,9 @@ def _summit(kspace: KSpace6D, phantom: Phantom, cfg: SummitConfig, every: int):
 
 
 def run_method(method: str, kspace: KSpace6D, phantom: Phantom, case: str,
-               summit_cfg: SummitConfig = SummitConfig(), curve_every: int = 5) -> MethodResult:
+               summit_cfg: SummitConfig | None = None, curve_every: int = 5) -> MethodResult:
     """Run one method, score it, measure wall time and peak RSS. Errors are caught and reported in the row."""
+    summit_cfg = summit_cfg or SummitConfig()
     curve: list = []
     t0 = time.perf_counter()
     try:

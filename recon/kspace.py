@@ -72,7 +72,7 @@ class Geometry:
 
     @property
     def voxel_mm(self) -> tuple[float, float, float]:
-        return tuple(f / m for f, m in zip(self.fov_mm, self.matrix))  # type: ignore[return-value]
+        return tuple(f / m for f, m in zip(self.fov_mm, self.matrix, strict=True))  # type: ignore[return-value]
 
 
 @dataclass

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 
 import torch
+
 from qmapinr.recon.config import SummitConfig
 from qmapinr.recon.sim.simulate import SimulationConfig, simulate
 from qmapinr.recon.solvers.summit import summit_recon

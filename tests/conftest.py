@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import ismrmrd
 import numpy as np
 import pytest
+
 from qmapinr.recon.kspace import Geometry, SequenceParams
 from qmapinr.recon.mrdheader import build_header, header_to_xml
 

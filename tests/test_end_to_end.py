@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from qmapinr.gadgets.images import SERIES_INDEX, mrd_images_to_maps
 from qmapinr.gadgets.outputs import write_outputs
 from qmapinr.gadgets.replay import read_header_xml, replay

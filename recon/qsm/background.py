@@ -24,9 +24,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import scipy.fft as sfft
+from scipy.signal import fftconvolve
+
 from qmapinr.recon.qsm.dipole import convolve_real, dipole_kernel, half_spectrum
 from qmapinr.recon.qsm.linalg import conjugate_gradient
-from scipy.signal import fftconvolve
 
 __all__ = ["sphere_footprint", "smv_kernel", "erode_sphere", "default_radii_mm", "vsharp", "pdf"]
 

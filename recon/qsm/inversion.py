@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import scipy.fft as sfft
+
 from qmapinr.recon.qsm.background import pdf, vsharp
 from qmapinr.recon.qsm.dipole import convolve_real, dipole_kernel, half_spectrum
 from qmapinr.recon.qsm.linalg import conjugate_gradient

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from qmapinr.recon.qsm.dipole import forward_field_ppm
 from qmapinr.recon.qsm.inversion import GAMMA_BAR_MHZ_PER_T
 

@@ -39,6 +39,7 @@ import ismrmrd
 import ismrmrd.xsd as xsd
 import numpy as np
 from ismrmrd.hdf5 import acquisition_dtype, acquisition_header_dtype
+
 from qmapinr.recon.kspace import KSpace6D
 from qmapinr.recon.mrdheader import build_header, header_to_xml
 from qmapinr.recon.sim.phantom import Phantom

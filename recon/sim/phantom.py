@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 import numpy as np
+
 from qmapinr.recon.kspace import QuantMaps
 from qmapinr.recon.sim.field import background_field_hz, dipole_field_hz, normalised_coords, smooth_phase
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from qmapinr.recon.kspace import Geometry, KSpace6D, SequenceParams
 from qmapinr.recon.physics.signal import echo_factors, prep_coefficients, steady_state_terms
 from qmapinr.recon.sim.coils import coil_sensitivities

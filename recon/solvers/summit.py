@@ -133,7 +133,7 @@ def estimate_sensitivities(kspace: KSpace6D, cfg: SummitConfig) -> torch.Tensor:
     return torch.from_numpy(sens)
 
 
-def summit_recon(kspace: KSpace6D, cfg: SummitConfig = SummitConfig(),
+def summit_recon(kspace: KSpace6D, cfg: SummitConfig | None = None,
                  callback: EpochCallback | None = None) -> QuantMaps:
     """Reconstruct A, T1, T2, T2*, B0, Phase0 and a residual map with the SUMMIT INR.
 
@@ -149,6 +149,7 @@ def summit_recon(kspace: KSpace6D, cfg: SummitConfig = SummitConfig(),
     :class:`QuantMaps`: float32 ``(nz, ny, nx)`` maps (0 outside ``mask``), ``info`` with the loss history,
     stage timings, data scale and settings.
     """
+    cfg = cfg or SummitConfig()
     device = pick_device(cfg.device)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)

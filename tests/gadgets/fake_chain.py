@@ -14,6 +14,7 @@ import time
 
 import ismrmrd
 import numpy as np
+
 from qmapinr.gadgets.stages import buffer_kspace, maps_to_images, split_noise
 from qmapinr.recon.kspace import KSpace6D, QuantMaps
 

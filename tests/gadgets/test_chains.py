@@ -5,6 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 import pytest
+
 from qmapinr.gadgets import chains
 from qmapinr.recon.config import ConfigError, SummitConfig
 from qmapinr.recon.kspace import QuantMaps

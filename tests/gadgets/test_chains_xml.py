@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from qmapinr.recon.config import ConfigError, field_names, from_properties
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,6 +7,7 @@ import logging
 import ismrmrd
 import numpy as np
 import pytest
+
 from qmapinr.gadgets.images import SERIES_INDEX, maps_to_mrd_images, mrd_images_to_maps, robust_window
 from qmapinr.recon.kspace import MAP_UNITS, QuantMaps
 

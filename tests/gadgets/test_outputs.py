@@ -7,6 +7,7 @@ import matplotlib.image as mpimg
 import nibabel as nib
 import numpy as np
 import pytest
+
 from qmapinr.gadgets.images import maps_to_mrd_images
 from qmapinr.gadgets.outputs import image_affine, write_outputs, write_panel
 from qmapinr.recon.kspace import QuantMaps

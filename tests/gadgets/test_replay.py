@@ -10,6 +10,7 @@ from pathlib import Path
 import ismrmrd
 import numpy as np
 import pytest
+
 from qmapinr.gadgets import wire
 from qmapinr.gadgets.images import SERIES_INDEX, mrd_images_to_maps
 from qmapinr.gadgets.replay import ReplayError, iter_acquisitions, replay

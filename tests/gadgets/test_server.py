@@ -24,6 +24,7 @@ if str(HERE) not in sys.path:  # spawned workers inherit sys.path and import thi
     sys.path.insert(0, str(HERE))
 
 import mrd_test_client as mc  # noqa: E402
+
 from qmapinr.gadgets.server import MRDServer  # noqa: E402
 
 REPO = HERE.parents[1]

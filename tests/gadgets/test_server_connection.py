@@ -10,6 +10,7 @@ from pathlib import Path
 import ismrmrd
 import numpy as np
 import pytest
+
 from qmapinr.gadgets.connection import (
     ClientDisconnected,
     MRDConnection,

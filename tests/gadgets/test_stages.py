@@ -7,6 +7,7 @@ import logging
 import ismrmrd
 import numpy as np
 import pytest
+
 from qmapinr.gadgets import stages
 from qmapinr.gadgets.stages import NoiseScan, StreamError, buffer_kspace, maps_to_images, split_noise
 from qmapinr.recon.kspace import KSpace6D, QuantMaps

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from qmapinr.recon.config import ConfigError, HashGridConfig, SummitConfig, field_names, from_properties
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+
 from qmapinr.recon.losses.data_consistency import l1_complex, l2_complex
 
 

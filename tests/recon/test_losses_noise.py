@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from qmapinr.recon.losses.noise import estimate_sigma_from_map, estimate_sigma_from_noise_scan
 
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from qmapinr.recon.losses.wnnm import (
     block_match,
     extract_groups,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from qmapinr.recon.qsm.background import (
     default_radii_mm,
     erode_sphere,

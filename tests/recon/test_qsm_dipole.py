@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from qmapinr.recon.physics.fft import fftc_np, ifftc_np
 from qmapinr.recon.qsm.dipole import b0_dir_from_geometry, dipole_kernel, forward_field_ppm
 

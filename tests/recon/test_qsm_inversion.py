@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+
 from qmapinr.recon.qsm import qsm_from_field
 from qmapinr.recon.qsm.dipole import forward_field_ppm
 from qmapinr.recon.qsm.inversion import GAMMA_BAR_MHZ_PER_T, gradient_symbol, hz_to_ppm, l2grad, tkd

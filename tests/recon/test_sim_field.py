@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from qmapinr.recon.sim.field import (
     GAMMA_BAR_MHZ_PER_T,
     background_field_hz,

@@ -6,6 +6,7 @@ import h5py
 import ismrmrd
 import numpy as np
 import pytest
+
 from qmapinr.recon.mrdheader import geometry_from_acquisition, parse_header
 from qmapinr.recon.sim.mrd_writer import read_mrd, read_truth, write_mrd
 from qmapinr.recon.sim.simulate import SimulationConfig, simulate, tiny_fixture_config

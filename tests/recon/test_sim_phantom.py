@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from qmapinr.recon.sim.coils import coil_sensitivities
 from qmapinr.recon.sim.phantom import brain_phantom, nist_phantom, nist_reference
 

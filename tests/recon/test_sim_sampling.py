@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from qmapinr.recon.sim.sampling import gaussian_density, vd_gaussian_lines
 
 

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from qmapinr.recon.physics.fft import fftc_np, ifftc_np
 from qmapinr.recon.physics.signal import signal
 from qmapinr.recon.sim.simulate import SimulationConfig, simulate, tiny_fixture_config, voxel_factors
