@@ -94,7 +94,7 @@ def _curve_figure(results, path: Path) -> None:
         for m in ("T1", "T2", "T2star"):
             ax.plot(t, [c[1][m] for c in r.curve], marker=".", label=f"{r.case} {m}")
     ax.set_xlabel("wall time in the training loop (s)")
-    ax.set_ylabel("NRMSE over WM+GM")
+    ax.set_ylabel("NRMSE (brain: WM+GM; NIST: phantom mask)")
     ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)

@@ -55,7 +55,7 @@ class SummitConfig:
         default_factory=lambda: HashGridConfig(n_levels=4, log2_hashmap_size=10, base_resolution=2,
                                                per_level_scale=1.5)
     )
-    coil_mode: str = "jsense"  # "ratio" / "jsense" (fixed estimated maps) or "inr" (coil INR from the jsense maps)
+    coil_mode: str = "inr"  # "ratio" / "jsense" (fixed estimated maps) or "inr" (coil INR from the jsense maps)
     coil_lr_scale: float = 1.0  # learning-rate multiplier of the coil INR
     coil_refine_iters: int = 8  # JSENSE alternations of the coil-map estimate
     forward: str = "structured"  # "structured" (rank-K q^n subspace) or "exact"
@@ -68,6 +68,9 @@ class SummitConfig:
     wnnm_patch: int = 5
     wnnm_window: int = 7
     wnnm_similar: int = 3
+    # initial maps: "dictionary" (per-voxel low-res dictionary fit of every parameter), "echo" (per-voxel A, T2*,
+    # phase; T1 and T2 start flat at their in-mask medians) or "flat" (only the phase per voxel)
+    init: str = "echo"
     coarse_to_fine_epochs: int = 0  # >0: one more hash level switched on every this many epochs
     plateau_rel: float = 0.0  # stop when the epoch DC loss improves by less than this fraction (0 = off)
     seed: int = 0

@@ -167,6 +167,11 @@ def summit_recon(kspace: KSpace6D, cfg: SummitConfig | None = None,
     hybrid = hybrid / scale
     sigma = estimate_sigma_from_noise_scan(kspace.noise) / scale if kspace.noise is not None else None
     init = initial_maps(hybrid, kspace, sens)
+    flat = {"flat": ("T1", "T2", "T2star", "A"), "echo": ("T1", "T2"), "dictionary": ()}
+    if cfg.init not in flat:
+        raise ValueError(f"SummitConfig.init must be one of {sorted(flat)}, got {cfg.init!r}")
+    for name in flat[cfg.init]:  # constant priors (in-mask median), the INR learns the spatial structure
+        init.maps[name] = torch.full_like(init.maps[name], float(init.maps[name][init.mask].median()))
     timings["prepare_s"] = time.perf_counter() - t_start
     mask = init.mask
 
