@@ -131,7 +131,7 @@ def run_method(method: str, kspace: KSpace6D, phantom: Phantom, case: str,
                 try:
                     maps = bart_recon(kspace, BartConfig())
                 except RuntimeError as exc:
-                    if "alibration" not in str(exc):
+                    if "ecalib" not in str(exc):
                         raise
                     # No fully sampled k-space centre for ESPIRiT (3x3 per tau here): BART's pics runs with the
                     # project's coil maps instead, and the row says so.

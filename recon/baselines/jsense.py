@@ -21,9 +21,9 @@ import logging
 import numpy as np
 import torch
 
-from qmapinr.recon.baselines.sense import SenseSubspaceOp, conjugate_gradient, power_iteration, readout_ifft
+from qmapinr.recon.baselines.sense import SenseSubspaceOp, conjugate_gradient, power_iteration
 from qmapinr.recon.kspace import KSpace6D
-from qmapinr.recon.physics.fft import fftc, ifftc
+from qmapinr.recon.physics.fft import fftc, ifftc, readout_ifft
 
 log = logging.getLogger(__name__)
 

@@ -12,14 +12,7 @@ import numpy as np
 import torch
 
 from qmapinr.recon.kspace import KSpace6D
-from qmapinr.recon.physics.fft import ifftc
 from qmapinr.recon.physics.forward import LineSubspaceOp
-
-
-def readout_ifft(kspace: KSpace6D) -> torch.Tensor:
-    """complex64 ``(nx, C, nte, nlines)``: centred unitary IFFT along kx, x moved to the front."""
-    k = torch.from_numpy(np.ascontiguousarray(kspace.data, dtype=np.complex64))
-    return ifftc(k, dims=(-1,)).permute(3, 0, 1, 2).contiguous()
 
 
 def temporal_psf(basis: torch.Tensor, kspace: KSpace6D) -> torch.Tensor:

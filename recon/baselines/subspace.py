@@ -35,8 +35,9 @@ import torch
 from qmapinr.recon.baselines.coilmaps import coil_compress, estimate_coil_maps
 from qmapinr.recon.baselines.dictionary import Dictionary, coefficients_to_maps, default_dictionary
 from qmapinr.recon.baselines.jsense import refine_coil_maps
-from qmapinr.recon.baselines.sense import SenseSubspaceOp, conjugate_gradient, power_iteration, readout_ifft
+from qmapinr.recon.baselines.sense import SenseSubspaceOp, conjugate_gradient, power_iteration
 from qmapinr.recon.kspace import KSpace6D, QuantMaps
+from qmapinr.recon.physics.fft import readout_ifft
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from qmapinr.recon.kspace import KSpace6D
+
 
 def fftc(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """Centred unitary FFT of a complex tensor along ``dims`` (image -> k-space)."""
@@ -32,3 +34,9 @@ def fftc_np(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
 def ifftc_np(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     """NumPy twin of :func:`ifftc`."""
     return ifftc(torch.from_numpy(np.ascontiguousarray(x)), axes).numpy()
+
+
+def readout_ifft(kspace: KSpace6D, device: torch.device | str = "cpu") -> torch.Tensor:
+    """complex64 ``(nx, C, nte, nlines)``: centred unitary IFFT along kx, x moved to the front (hybrid space)."""
+    k = torch.from_numpy(np.ascontiguousarray(kspace.data, dtype=np.complex64))
+    return ifftc(k, dims=(-1,)).permute(3, 0, 1, 2).contiguous().to(device)

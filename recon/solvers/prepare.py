@@ -6,34 +6,12 @@ Everything here is linear algebra on the measured lines; nothing is optimised.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from qmapinr.recon.kspace import KSpace6D
 from qmapinr.recon.physics.fft import ifftc
-
-
-@dataclass
-class Hybrid:
-    """Readout-transformed data of one measurement.
-
-    Attributes
-    ----------
-    data : complex64 ``(nx, coils, nte, nlines)``, 1-D IFFT along kx (x in image space), divided by ``scale``.
-    scale : the data scale divided out (multiply amplitudes by it to return to file units).
-    """
-
-    data: torch.Tensor
-    scale: float
-
-
-def readout_ifft(kspace: KSpace6D, device: torch.device | str = "cpu") -> torch.Tensor:
-    """complex64 ``(nx, coils, nte, nlines)``: centred unitary IFFT along kx, x moved to the front."""
-    k = torch.from_numpy(np.ascontiguousarray(kspace.data))
-    hyb = ifftc(k, dims=(-1,))
-    return hyb.permute(3, 0, 1, 2).contiguous().to(device)
 
 
 def lowres_subspace_images(

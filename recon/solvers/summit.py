@@ -25,9 +25,9 @@ from qmapinr.recon.kspace import KSpace6D, QuantMaps
 from qmapinr.recon.losses.data_consistency import l1_complex
 from qmapinr.recon.losses.noise import estimate_sigma_from_noise_scan
 from qmapinr.recon.losses.wnnm import wnnm_loss
+from qmapinr.recon.physics.fft import readout_ifft
 from qmapinr.recon.physics.forward import ExactForward, LineSubspaceOp, StructuredForward
 from qmapinr.recon.solvers.init import initial_maps
-from qmapinr.recon.solvers.prepare import readout_ifft
 from qmapinr.recon.solvers.summit_model import SummitField
 
 log = logging.getLogger(__name__)

@@ -19,10 +19,10 @@ from qmapinr.recon.baselines.bart import (
     write_cfl,
 )
 from qmapinr.recon.baselines.dictionary import default_dictionary
-from qmapinr.recon.baselines.sense import SenseSubspaceOp, readout_ifft
+from qmapinr.recon.baselines.sense import SenseSubspaceOp
 from qmapinr.recon.baselines.synthetic import tiny_dataset
 from qmapinr.recon.kspace import SequenceParams
-from qmapinr.recon.physics.fft import fftc_np
+from qmapinr.recon.physics.fft import fftc_np, readout_ifft
 
 needs_bart = pytest.mark.skipif(shutil.which("bart") is None,
                                 reason="BART CLI not installed (apt-get install bart)")

@@ -8,7 +8,7 @@ import torch
 from scipy.ndimage import binary_erosion
 
 from qmapinr.recon.baselines.dictionary import default_dictionary
-from qmapinr.recon.baselines.sense import SenseSubspaceOp, conjugate_gradient, readout_ifft
+from qmapinr.recon.baselines.sense import SenseSubspaceOp, conjugate_gradient
 from qmapinr.recon.baselines.subspace import (
     SubspaceConfig,
     admm_tv,
@@ -19,6 +19,7 @@ from qmapinr.recon.baselines.subspace import (
 )
 from qmapinr.recon.baselines.synthetic import tiny_dataset
 from qmapinr.recon.config import from_properties
+from qmapinr.recon.physics.fft import readout_ifft
 
 
 @pytest.fixture(scope="module")

@@ -121,8 +121,8 @@ def test_structured_basis_layout():
 
 def test_forward_reproduces_simulated_file():
     """True maps + true coil maps through the structured forward reproduce the noiseless simulation."""
+    from qmapinr.recon.physics.fft import readout_ifft
     from qmapinr.recon.sim.simulate import SimulationConfig, simulate
-    from qmapinr.recon.solvers.prepare import readout_ifft
 
     ks, ph = simulate(SimulationConfig(shape=(4, 16, 16), ncoils=2, R=2, snr=None, seed=3, nseg=12))
     nx, ny, nz = ks.geometry.matrix
