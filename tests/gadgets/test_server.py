@@ -374,3 +374,36 @@ def test_real_summit_chain_on_tiny_fixture():
 def test_process_workers_need_picklable_chains():
     with pytest.raises(ValueError, match="picklable"):
         MRDServer(port=0, chains={"x": lambda connection: None})
+
+
+@pytest.mark.slow
+def test_four_concurrent_clients_on_the_real_summit_chain():
+    """Four clients stream tiny.h5 at once to the real 'summit' chain (4 worker processes). Same data, same seed,
+    one torch thread each: all four must get the same, complete, finite set of map series."""
+    header, acqs = mc.read_dataset(str(TINY))
+    srv = RunningServer(chains=None, max_connections=4, config_dir=str(REPO / "config_xml"))
+    results: list = [None] * 4
+    params = {"epochs": "1", "coil_refine_iters": "1", "threads": "1"}
+
+    def client(i: int) -> None:
+        results[i] = mc.run_client(srv.host, srv.port, header, acqs, config_file="summit.xml",
+                                   parameters=params, timeout=600)
+
+    try:
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(900)
+    finally:
+        srv.stop()
+    maps = []
+    for r in results:
+        assert r is not None and r.error is None and r.closed, (r and r.error, r and r.texts)
+        by_name = {ismrmrd.Meta.deserialize(img.attribute_string)["MapName"]: img.data for img in r.images}
+        assert {"T1", "T2", "T2star", "A", "B0", "Phase0", "Residual"} <= set(by_name)
+        assert all(np.isfinite(v).all() for v in by_name.values())
+        maps.append(by_name)
+    for other in maps[1:]:
+        for name in ("T1", "T2", "A"):
+            np.testing.assert_allclose(other[name], maps[0][name], rtol=1e-5, atol=1e-5)
