@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from qmapinr.recon.kspace import KSpace6D, QuantMaps
+from qmapinr.recon.qsm.dipole import b0_dir_from_geometry
 from qmapinr.recon.qsm.inversion import qsm_from_field
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,9 @@ def add_qsm(maps: QuantMaps, kspace: KSpace6D, b0_t: float = 3.0) -> QuantMaps:
         return maps
     t0 = time.time()
     try:
-        chi, eroded = qsm_from_field(maps.maps["B0"], maps.mask, kspace.geometry.voxel_mm, b0_t=b0_t)
+        g = kspace.geometry
+        b0_dir = b0_dir_from_geometry(g.read_dir, g.phase_dir, g.slice_dir)  # B0 (patient z) in the image frame
+        chi, eroded = qsm_from_field(maps.maps["B0"], maps.mask, g.voxel_mm, b0_t=b0_t, b0_dir=b0_dir)
     except ValueError as exc:  # e.g. mask too small to erode for V-SHARP
         log.warning("QSM skipped: %s", exc)
         return maps
