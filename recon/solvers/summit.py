@@ -268,6 +268,9 @@ def final_maps(model: SummitField, hybrid: torch.Tensor, fwd, kspace: KSpace6D, 
             vols[n][:, :, xb] = maps[n].permute(1, 2, 0).float().cpu()
         vols["Residual"][:, :, xb] = rimg.permute(1, 2, 0).float().cpu() * scale
     vols["A"] *= scale
-    m = mask.numpy()
+    # The support comes from a blurred low-resolution image and includes a rim of background; voxels whose fitted
+    # amplitude is below 10 % of the in-support median carry no signal and are dropped from the output maps.
+    a = vols["A"].numpy()
+    m = mask.numpy() & (a > 0.1 * float(np.median(a[mask.numpy()])))
     out = {n: np.where(m, v.numpy(), 0.0).astype(np.float32) for n, v in vols.items()}
     return QuantMaps(maps=out, mask=m)
