@@ -25,7 +25,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(R=None)
     p.add_argument("--Rs", default="4", help="comma-separated accelerations (default %(default)s)")
     p.add_argument("--snrs", default="30", help="comma-separated SNRs (default %(default)s)")
-    p.add_argument("--phantoms", default="brain,nist", help="comma-separated phantoms (default %(default)s)")
+    p.add_argument("--phantoms", default="brain", help="comma-separated: brain, nist (default %(default)s)")
     p.add_argument("--methods", default="summit,subspace,bart", help="comma-separated (default %(default)s)")
     p.add_argument("--epochs", type=int, default=None, help="SUMMIT epochs (default: SummitConfig default)")
     p.add_argument("-p", "--property", action="append", metavar="KEY=VALUE", help="SUMMIT property, repeatable")

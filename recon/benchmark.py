@@ -129,7 +129,7 @@ def run_method(method: str, kspace: KSpace6D, phantom: Phantom, case: str,
                 if not bart_available():
                     raise RuntimeError("BART CLI not installed (Debian package 'bart')")
                 try:
-                    maps = bart_recon(kspace, BartConfig())
+                    maps = bart_recon(kspace, BartConfig(threads=os.cpu_count() or 1))
                 except RuntimeError as exc:
                     if "ecalib" not in str(exc):
                         raise
@@ -137,7 +137,7 @@ def run_method(method: str, kspace: KSpace6D, phantom: Phantom, case: str,
                     # project's coil maps instead, and the row says so.
                     log.warning("bart ecalib failed (%s); using qmapinr coil maps for bart pics", exc)
                     method = "bart (qmapinr coil maps)"
-                    maps = bart_recon(kspace, BartConfig(coil_maps="qmapinr"))
+                    maps = bart_recon(kspace, BartConfig(coil_maps="qmapinr", threads=os.cpu_count() or 1))
             else:
                 raise ValueError(f"unknown method {method!r}; known: {METHODS}")
     except Exception as exc:  # a failing method must not hide the other rows
