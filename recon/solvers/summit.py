@@ -55,6 +55,10 @@ class _Timer:
         self.totals: dict[str, float] = {}
         self._t = time.perf_counter()
 
+    def restart(self) -> None:
+        """Start the next interval now (time spent before is not attributed to any stage)."""
+        self._t = time.perf_counter()
+
     def mark(self, name: str) -> None:
         _sync(self.device)
         now = time.perf_counter()
@@ -231,7 +235,7 @@ def summit_recon(kspace: KSpace6D, cfg: SummitConfig | None = None,
             t_cb = time.perf_counter()
             callback(epoch, t_cb - t_loop - excluded, model)
             excluded += time.perf_counter() - t_cb
-            timer._t = time.perf_counter()
+            timer.restart()
         if cfg.plateau_rel > 0 and len(history) > 5:
             prev = min(history[-6:-1])
             if prev - epoch_dc < cfg.plateau_rel * prev:
