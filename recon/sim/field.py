@@ -8,39 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from qmapinr.recon.qsm.dipole import dipole_kernel  # one kernel for simulation and QSM (same conventions)
+
 GAMMA_BAR_MHZ_PER_T = 42.577478518
 """Proton gyromagnetic ratio / (2 pi), MHz/T."""
-
-
-def dipole_kernel(
-    shape: tuple[int, int, int],
-    voxel_mm: tuple[float, float, float],
-    b0_dir: tuple[float, float, float] = (0.0, 0.0, 1.0),
-) -> np.ndarray:
-    """Lorentz-corrected dipole kernel ``D = 1/3 - (k.b)^2 / |k|^2`` on the (unshifted) FFT grid.
-
-    Parameters
-    ----------
-    shape : (nz, ny, nx) grid the kernel is sampled on.
-    voxel_mm : (x, y, z) voxel size in mm.
-    b0_dir : (x, y, z) direction of B0 (normalised here).
-
-    Returns
-    -------
-    float64 ``(nz, ny, nx)``; ``D(k = 0) = 0`` (the mean field is not defined by the dipole model).
-    """
-    b = np.asarray(b0_dir, dtype=np.float64)
-    b = b / np.linalg.norm(b)
-    nz, ny, nx = shape
-    kx = np.fft.fftfreq(nx, d=voxel_mm[0])[None, None, :]
-    ky = np.fft.fftfreq(ny, d=voxel_mm[1])[None, :, None]
-    kz = np.fft.fftfreq(nz, d=voxel_mm[2])[:, None, None]
-    k2 = kx**2 + ky**2 + kz**2
-    kb = kx * b[0] + ky * b[1] + kz * b[2]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        d = 1.0 / 3.0 - kb**2 / k2
-    d[0, 0, 0] = 0.0
-    return d
 
 
 def dipole_field_hz(
@@ -53,9 +24,9 @@ def dipole_field_hz(
     """Off-resonance (Hz) induced by a susceptibility distribution.
 
     ``df = gamma_bar * B0 * IFFT[D * FFT[chi * 1e-6]]`` with the Lorentz-corrected kernel of
-    :func:`dipole_kernel`; the volume is zero-padded to ``pad_factor`` times its size on every axis (centred)
-    to limit wrap-around. A paramagnetic (chi > 0) sphere gives a positive field beyond its poles (along B0),
-    a negative field at its equator and zero inside.
+    :func:`qmapinr.recon.qsm.dipole.dipole_kernel`; the volume is zero-padded to ``pad_factor`` times its size on
+    every axis (centred) to limit wrap-around. A paramagnetic (chi > 0) sphere gives a positive field beyond
+    its poles (along B0), a negative field at its equator and zero inside.
 
     Parameters
     ----------
