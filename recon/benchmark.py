@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from qmapinr.recon.config import SummitConfig
 from qmapinr.recon.kspace import KSpace6D, QuantMaps
@@ -96,14 +95,8 @@ def _summit(kspace: KSpace6D, phantom: Phantom, cfg: SummitConfig, every: int):
     def callback(epoch: int, seconds: float, model) -> None:
         if epoch % every and epoch != cfg.epochs - 1:
             return
-        nx, ny, nz = kspace.geometry.matrix
-        vols = {n: np.zeros((nz, ny, nx), np.float32) for n in ("T1", "T2", "T2star")}
-        with torch.no_grad():
-            for xb in torch.arange(nx).split(cfg.batch_x):
-                maps, _ = model(xb.to(model.coords.device))
-                for n in vols:
-                    vols[n][:, :, xb.numpy()] = maps[n].permute(1, 2, 0).cpu().numpy()
-        curve.append((seconds, {n: nrmse(v, phantom.maps[n], region) for n, v in vols.items()}))
+        vols = model.volumes(("T1", "T2", "T2star"), cfg.batch_x)
+        curve.append((seconds, {n: nrmse(v.numpy(), phantom.maps[n], region) for n, v in vols.items()}))
 
     out = summit_recon(kspace, cfg, callback=callback)
     return out, curve

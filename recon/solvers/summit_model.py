@@ -65,6 +65,17 @@ class SummitField(nn.Module):
         if per > 0:
             self.maps.set_active_levels(min(n_levels, 1 + epoch // per))
 
+    @torch.no_grad()
+    def volumes(self, names: tuple[str, ...], batch_x: int) -> dict[str, torch.Tensor]:
+        """Maps ``names`` on the whole grid, float32 ``(nz, ny, nx)`` on the CPU (evaluated ``batch_x`` x at a time)."""
+        nx, nz, ny = self.coords.shape[:3]
+        out = {n: torch.zeros(nz, ny, nx) for n in names}
+        for xb in torch.arange(nx, device=self.coords.device).split(batch_x):
+            maps, _ = self(xb)
+            for n in names:
+                out[n][:, :, xb.cpu()] = maps[n].permute(1, 2, 0).float().cpu()
+        return out
+
     def forward(self, xb: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """xb int64 ``(bx,)`` -> maps name -> ``(bx, nz, ny)`` and complex sensitivities ``(bx, C, nz, ny)``."""
         coords = self.coords[xb]  # (bx, nz, ny, 3)
