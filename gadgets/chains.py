@@ -17,16 +17,15 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from qmapinr.gadgets.properties import properties_from_config
 from qmapinr.gadgets.stages import buffer_kspace, maps_to_images, split_noise
-from qmapinr.gadgets.wire import properties_from_config
-from qmapinr.recon.baselines.subspace import SubspaceConfig
-from qmapinr.recon.config import SummitConfig, from_properties
+from qmapinr.recon.config import from_properties
 from qmapinr.recon.kspace import KSpace6D
-from qmapinr.recon.solvers.pipeline import reconstruct
+from qmapinr.recon.methods.registry import METHODS, reconstruct
 
 log = logging.getLogger(__name__)
 
-CHAIN_CONFIGS: dict[str, type] = {"summit": SummitConfig, "baseline": SubspaceConfig}
+CHAIN_CONFIGS: dict[str, type] = {name: m.config for name, m in METHODS.items()}
 """Chain name -> typed config dataclass whose fields are the chain's properties."""
 
 

@@ -12,8 +12,8 @@ import dataclasses
 import torch
 
 from qmapinr.recon.config import SummitConfig
+from qmapinr.recon.methods.summit.solver import summit_recon
 from qmapinr.recon.sim.simulate import SimulationConfig, simulate
-from qmapinr.recon.solvers.summit import summit_recon
 
 VARIANTS = {
     "exact forward (per n, tau, TE FFTs)": dict(forward="exact"),

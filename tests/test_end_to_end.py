@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from qmapinr.gadgets.app.outputs import write_outputs
 from qmapinr.gadgets.images import SERIES_INDEX, mrd_images_to_maps
-from qmapinr.gadgets.outputs import write_outputs
-from qmapinr.gadgets.replay import read_header_xml, replay
+from qmapinr.gadgets.transport.replay import read_header_xml, replay
 from qmapinr.recon.kspace import MAP_UNITS
 
 TINY = Path(__file__).parent / "data" / "tiny.h5"
@@ -44,9 +44,9 @@ def test_demo_phantom_accuracy():
     """Issue 3 criterion on the demo phantom (8x32x32, 4 coils, R = 4, SNR 30, seed 0, default SummitConfig):
     T1 medians of WM, GM, CSF and T2 medians of WM, GM within 15 % of the truth."""
     from qmapinr.recon.config import SummitConfig
-    from qmapinr.recon.metrics import score
+    from qmapinr.recon.evaluation.metrics import score
+    from qmapinr.recon.methods.summit.solver import summit_recon
     from qmapinr.recon.sim.simulate import SimulationConfig, simulate
-    from qmapinr.recon.solvers.summit import summit_recon
 
     torch.set_num_threads(1)
     ks, ph = simulate(SimulationConfig(shape=(8, 32, 32), ncoils=4, R=4, snr=30, seed=0))

@@ -3,7 +3,7 @@
 Both losses take predicted and measured lines of any (broadcast-compatible) shape; in the solvers this is
 ``(bx, C, nte, nlines)`` complex64 (batch of readout positions, coils, echoes, sampled lines). Each complex
 sample counts as one element. The losses are scale-dependent: their value is in the units of the k-space
-data (L1) or its square (L2); divide by a noise level (see :mod:`qmapinr.recon.losses.noise`) to make them
+data (L1) or its square (L2); divide by a noise level (see :mod:`qmapinr.recon.calibration.noise`) to make them
 unit-free.
 """
 

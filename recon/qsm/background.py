@@ -26,8 +26,8 @@ import numpy as np
 import scipy.fft as sfft
 from scipy.signal import fftconvolve
 
-from qmapinr.recon.qsm.dipole import convolve_real, dipole_kernel, half_spectrum
-from qmapinr.recon.qsm.linalg import conjugate_gradient
+from qmapinr.recon.optim.cg import conjugate_gradient
+from qmapinr.recon.physics.dipole import convolve_real, dipole_kernel, half_spectrum
 
 __all__ = ["sphere_footprint", "smv_kernel", "erode_sphere", "default_radii_mm", "vsharp", "pdf"]
 
@@ -175,7 +175,7 @@ def pdf(
 
     Parameters
     ----------
-    field, mask, voxel_mm, b0_dir : as in :func:`vsharp` / :func:`qmapinr.recon.qsm.dipole.dipole_kernel`.
+    field, mask, voxel_mm, b0_dir : as in :func:`vsharp` / :func:`qmapinr.recon.physics.dipole.dipole_kernel`.
     weight : optional non-negative ``(nz, ny, nx)`` data weight (e.g. magnitude / noise sigma); default 1.
     n_iter, tol : CG iteration limit and relative residual tolerance.
     pad : zero-padding in voxels added on every side, so that background sources can lie beyond the field

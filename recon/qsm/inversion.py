@@ -31,9 +31,9 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.fft as sfft
 
+from qmapinr.recon.optim.cg import conjugate_gradient
+from qmapinr.recon.physics.dipole import convolve_real, dipole_kernel, half_spectrum
 from qmapinr.recon.qsm.background import pdf, vsharp
-from qmapinr.recon.qsm.dipole import convolve_real, dipole_kernel, half_spectrum
-from qmapinr.recon.qsm.linalg import conjugate_gradient
 
 __all__ = [
     "GAMMA_BAR_MHZ_PER_T",
@@ -194,7 +194,7 @@ def qsm_from_field(
     b0_t : main field in tesla (``f_ppm = b0_hz / (42.577478518 MHz/T * b0_t)``).
     method : ``'l2grad'`` (closed form, default), ``'l2grad_cg'`` (masked iterative) or ``'tkd'``.
     b0_dir : (bx, by, bz) B0 direction in the image frame
-        (see :func:`~qmapinr.recon.qsm.dipole.b0_dir_from_geometry`).
+        (see :func:`~qmapinr.recon.physics.dipole.b0_dir_from_geometry`).
     background : ``'vsharp'`` (default; erodes the mask) or ``'pdf'`` (keeps the mask).
     radii_mm, vsharp_threshold : V-SHARP radii and deconvolution truncation
         (default radii: :func:`~qmapinr.recon.qsm.background.default_radii_mm`).

@@ -6,7 +6,7 @@ head phantom (Marques et al., MRM 2021;86:526; values as tabulated in /work/shar
 parenchyma of chi = 0 ppm. The background field comes from sources *outside* the mask: an air-cavity-like
 ellipsoid (+9.4 ppm relative to tissue, the air/tissue susceptibility difference) in front of and below the
 brain, a harmonic second-order shim residual and a constant frequency offset. Fields are computed with the
-zero-padded dipole convolution (:func:`qmapinr.recon.qsm.dipole.forward_field_ppm`).
+zero-padded dipole convolution (:func:`qmapinr.recon.physics.dipole.forward_field_ppm`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qmapinr.recon.qsm.dipole import forward_field_ppm
+from qmapinr.recon.physics.dipole import forward_field_ppm
 from qmapinr.recon.qsm.inversion import GAMMA_BAR_MHZ_PER_T
 
 __all__ = ["QsmPhantom", "PHANTOM_OBJECTS", "make_qsm_phantom"]

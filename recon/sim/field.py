@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qmapinr.recon.qsm.dipole import dipole_kernel  # one kernel for simulation and QSM (same conventions)
+from qmapinr.recon.physics.dipole import dipole_kernel  # one kernel for simulation and QSM (same conventions)
 
 GAMMA_BAR_MHZ_PER_T = 42.577478518
 """Proton gyromagnetic ratio / (2 pi), MHz/T."""
@@ -24,7 +24,7 @@ def dipole_field_hz(
     """Off-resonance (Hz) induced by a susceptibility distribution.
 
     ``df = gamma_bar * B0 * IFFT[D * FFT[chi * 1e-6]]`` with the Lorentz-corrected kernel of
-    :func:`qmapinr.recon.qsm.dipole.dipole_kernel`; the volume is zero-padded to ``pad_factor`` times its size on
+    :func:`qmapinr.recon.physics.dipole.dipole_kernel`; the volume is zero-padded to ``pad_factor`` times its size on
     every axis (centred) to limit wrap-around. A paramagnetic (chi > 0) sphere gives a positive field beyond
     its poles (along B0), a negative field at its equator and zero inside.
 

@@ -97,7 +97,7 @@ def fake_chain_hang(connection):
 
 def echo_config(connection):
     """Sends one image whose meta echoes the received properties, header matrix and acquisition count."""
-    from qmapinr.gadgets.wire import properties_from_config
+    from qmapinr.gadgets.properties import properties_from_config
 
     count = sum(1 for item in connection if isinstance(item, ismrmrd.Acquisition))
     ms = connection.header.encoding[0].encodedSpace.matrixSize

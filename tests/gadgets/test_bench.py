@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from qmapinr.gadgets.cli import main
+from qmapinr.gadgets.app.cli import main
 
 
 def test_bench_runs_end_to_end_on_a_tiny_case(tmp_path, capsys):
@@ -32,7 +32,7 @@ def test_bench_runs_end_to_end_on_a_tiny_case(tmp_path, capsys):
 
 
 def test_time_to_quality():
-    from qmapinr.recon.benchmark import time_to_quality
+    from qmapinr.recon.evaluation.benchmark import time_to_quality
 
     curve = [(1.0, {"T1": 1.0}), (2.0, {"T1": 0.5}), (3.0, {"T1": 0.41}), (4.0, {"T1": 0.4})]
     assert time_to_quality(curve) == 3.0  # 0.41 is within 5 % of 0.40, 0.5 is not

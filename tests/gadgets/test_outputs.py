@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from qmapinr.gadgets.app.outputs import image_affine, write_outputs, write_panel
 from qmapinr.gadgets.images import maps_to_mrd_images
-from qmapinr.gadgets.outputs import image_affine, write_outputs, write_panel
 from qmapinr.recon.kspace import QuantMaps
 
 

@@ -11,9 +11,10 @@ import ismrmrd
 import numpy as np
 import pytest
 
-from qmapinr.gadgets import wire
 from qmapinr.gadgets.images import SERIES_INDEX, mrd_images_to_maps
-from qmapinr.gadgets.replay import ReplayError, iter_acquisitions, replay
+from qmapinr.gadgets.properties import properties_from_config
+from qmapinr.gadgets.transport import codec
+from qmapinr.gadgets.transport.replay import ReplayError, iter_acquisitions, replay
 from qmapinr.recon.kspace import MAP_UNITS
 
 HERE = Path(__file__).resolve().parent
@@ -34,16 +35,16 @@ def test_wire_round_trip_all_messages(measurement):
     image.attribute_string = ismrmrd.Meta({"MapName": "T1"}).serialize()
     acq = measurement.acquisitions[3]
     props = {"n_epochs": "5", "odd": 'a"<&>b'}
-    wire.send_config_text(a, wire.config_xml(props))
-    wire.send_config_file(a, "summit.xml")
-    wire.send_header(a, measurement.header_xml + "\x00")
-    wire.send_acquisition(a, acq)
-    wire.send_image(a, image)
-    wire.send_text(a, '{"x": 1}')
-    wire.send_close(a)
-    got = [wire.read_message(rf) for _ in range(7)]
+    codec.send_config_text(a, codec.config_xml(props))
+    codec.send_config_file(a, "summit.xml")
+    codec.send_header(a, measurement.header_xml + "\x00")
+    codec.send_acquisition(a, acq)
+    codec.send_image(a, image)
+    codec.send_text(a, '{"x": 1}')
+    codec.send_close(a)
+    got = [codec.read_message(rf) for _ in range(7)]
     assert [m for m, _ in got] == [2, 1, 3, 1008, 1022, 5, 4]
-    assert wire.properties_from_config(got[0][1]) == props
+    assert properties_from_config(got[0][1]) == props
     assert got[1][1] == "summit.xml"
     assert got[2][1] == measurement.header_xml  # trailing NUL removed
     assert got[3][1] == acq
@@ -58,22 +59,22 @@ def test_wire_round_trip_all_messages(measurement):
 def test_wire_truncated_image_raises():
     a, b, rf = _pair()
     image = ismrmrd.Image.from_array(np.ones((4, 4), np.float32))
-    frame = wire._ID.pack(wire.IMAGE) + image.to_bytes()
+    frame = codec._ID.pack(codec.IMAGE) + image.to_bytes()
     a.sendall(frame[:-10])
     a.close()
-    with pytest.raises(wire.TruncatedStreamError, match="IMAGE data"):
-        wire.read_message(rf)
+    with pytest.raises(codec.TruncatedStreamError, match="IMAGE data"):
+        codec.read_message(rf)
     b.close()
 
 
 def test_wire_eof_before_close_and_unknown_id():
     a, b, rf = _pair()
-    a.sendall(wire._ID.pack(999))
-    with pytest.raises(wire.WireError, match="unknown message id 999"):
-        wire.read_message(rf)
+    a.sendall(codec._ID.pack(999))
+    with pytest.raises(codec.WireError, match="unknown message id 999"):
+        codec.read_message(rf)
     a.close()
-    with pytest.raises(wire.TruncatedStreamError, match="before a CLOSE"):
-        wire.read_message(rf)
+    with pytest.raises(codec.TruncatedStreamError, match="before a CLOSE"):
+        codec.read_message(rf)
     b.close()
 
 
@@ -153,7 +154,7 @@ def test_replay_timeout_terminates_gadget(measurement_h5):
 
 
 def test_replay_local_read_failure_does_not_hang(measurement_h5, monkeypatch):
-    from qmapinr.gadgets import replay as replay_module
+    from qmapinr.gadgets.transport import replay as replay_module
 
     def broken(path, dataset="dataset", chunk=512):
         yield from list(iter_acquisitions(path, dataset))[:3]
@@ -169,7 +170,7 @@ def test_replay_local_read_failure_does_not_hang(measurement_h5, monkeypatch):
 
 def test_listener_covers_ipv4_and_ipv6_localhost(monkeypatch):
     """If ``localhost`` resolves to ::1 and 127.0.0.1, a client of either family reaches the same port."""
-    from qmapinr.gadgets import launch
+    from qmapinr.gadgets.transport import launch
 
     try:
         probe = socket.socket(socket.AF_INET6)

@@ -25,7 +25,7 @@ if str(HERE) not in sys.path:  # spawned workers inherit sys.path and import thi
 
 import mrd_test_client as mc  # noqa: E402
 
-from qmapinr.gadgets.server import MRDServer  # noqa: E402
+from qmapinr.gadgets.transport.server import MRDServer  # noqa: E402
 
 REPO = HERE.parents[1]
 TINY = REPO / "tests" / "data" / "tiny.h5"
@@ -299,7 +299,7 @@ def _read_stderr(proc, lines):
 def test_sigterm_lets_running_connection_finish_and_exits_zero():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "qmapinr.gadgets.server", "--port", "0", "--chains", "test_server:FAKE_CHAINS",
+        [sys.executable, "-m", "qmapinr.gadgets.transport.server", "--port", "0", "--chains", "test_server:FAKE_CHAINS",
          "--log-level", "INFO", "--shutdown-timeout", "30"],
         stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
     )

@@ -11,7 +11,7 @@ import ismrmrd
 import numpy as np
 import pytest
 
-from qmapinr.gadgets.connection import (
+from qmapinr.gadgets.transport.connection import (
     ClientDisconnected,
     MRDConnection,
     ProtocolError,

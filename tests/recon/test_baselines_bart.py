@@ -6,9 +6,11 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from helpers.synthetic import tiny_dataset
 from scipy.ndimage import binary_erosion
 
-from qmapinr.recon.baselines.bart import (
+from qmapinr.recon.kspace import SequenceParams
+from qmapinr.recon.methods.bart import (
     BartConfig,
     bart_available,
     bart_fft_sign,
@@ -18,11 +20,9 @@ from qmapinr.recon.baselines.bart import (
     read_cfl,
     write_cfl,
 )
-from qmapinr.recon.baselines.dictionary import default_dictionary
-from qmapinr.recon.baselines.sense import SenseSubspaceOp
-from qmapinr.recon.baselines.synthetic import tiny_dataset
-from qmapinr.recon.kspace import SequenceParams
+from qmapinr.recon.physics.dictionary import default_dictionary
 from qmapinr.recon.physics.fft import fftc_np, readout_ifft
+from qmapinr.recon.physics.sense import SenseSubspaceOp
 
 needs_bart = pytest.mark.skipif(shutil.which("bart") is None,
                                 reason="BART CLI not installed (apt-get install bart)")

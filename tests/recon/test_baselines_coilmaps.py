@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from helpers.synthetic import tiny_dataset
 
-from qmapinr.recon.baselines.coilmaps import calibration_box, coil_compress, estimate_coil_maps
-from qmapinr.recon.baselines.dictionary import default_dictionary
-from qmapinr.recon.baselines.jsense import refine_coil_maps
-from qmapinr.recon.baselines.synthetic import tiny_dataset
+from qmapinr.recon.calibration.coilmaps import calibration_box, coil_compress, estimate_coil_maps
+from qmapinr.recon.calibration.jsense import refine_coil_maps
+from qmapinr.recon.physics.dictionary import default_dictionary
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from qmapinr.recon.baselines.dictionary import (
+from qmapinr.recon.kspace import SequenceParams
+from qmapinr.recon.physics.dictionary import (
     build_dictionary,
     coefficients_to_maps,
     fit_echoes,
     match,
     match_coefficients,
 )
-from qmapinr.recon.kspace import SequenceParams
 from qmapinr.recon.physics.signal import signal
 
 SEQ = SequenceParams(tr_ms=30.0, te_ms=(4.5, 11.2, 17.9, 24.6), flip_deg=10.0,

@@ -5,11 +5,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from helpers.synthetic import tiny_dataset
 from scipy.ndimage import binary_erosion
 
-from qmapinr.recon.baselines.dictionary import default_dictionary
-from qmapinr.recon.baselines.sense import SenseSubspaceOp, conjugate_gradient
-from qmapinr.recon.baselines.subspace import (
+from qmapinr.recon.config import from_properties
+from qmapinr.recon.methods.subspace import (
     SubspaceConfig,
     admm_tv,
     grad3,
@@ -17,9 +17,10 @@ from qmapinr.recon.baselines.subspace import (
     group_shrink,
     subspace_recon,
 )
-from qmapinr.recon.baselines.synthetic import tiny_dataset
-from qmapinr.recon.config import from_properties
+from qmapinr.recon.optim.cg import conjugate_gradient
+from qmapinr.recon.physics.dictionary import default_dictionary
 from qmapinr.recon.physics.fft import readout_ifft
+from qmapinr.recon.physics.sense import SenseSubspaceOp
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def test_tv_gradient_adjoint_and_shrink():
 def test_cg_and_admm_lower_the_residual(op_and_data):
     op, y = op_and_data
     x0 = torch.zeros(op.shape, dtype=torch.complex64)
-    x_cg = conjugate_gradient(op.normal, op.adjoint(y), x0, 10)
+    x_cg, _ = conjugate_gradient(op.normal, op.adjoint(y), x0, 10)
     r_cg = float((op.forward(x_cg) - y).norm() / y.norm())
     assert r_cg < 0.2
     _, resid, objective = admm_tv(op, y, lam=1e-3 * float(x_cg.abs().max()), rho=0.05, iters=6, cg_iters=4,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from qmapinr.recon.losses.noise import estimate_sigma_from_map, estimate_sigma_from_noise_scan
+from qmapinr.recon.calibration.noise import estimate_sigma_from_map, estimate_sigma_from_noise_scan
 
 
 def _complex_noise(sigmas, n, seed=0):

@@ -1,12 +1,12 @@
-"""Dipole kernel and susceptibility -> field forward model (qmapinr.recon.qsm.dipole)."""
+"""Dipole kernel and susceptibility -> field forward model (qmapinr.recon.physics.dipole)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from qmapinr.recon.physics.dipole import b0_dir_from_geometry, dipole_kernel, forward_field_ppm
 from qmapinr.recon.physics.fft import fftc_np, ifftc_np
-from qmapinr.recon.qsm.dipole import b0_dir_from_geometry, dipole_kernel, forward_field_ppm
 
 
 def _neg_index(d: np.ndarray) -> np.ndarray:

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
+from qmapinr.recon.physics.dipole import forward_field_ppm
 from qmapinr.recon.qsm import qsm_from_field
-from qmapinr.recon.qsm.dipole import forward_field_ppm
 from qmapinr.recon.qsm.inversion import GAMMA_BAR_MHZ_PER_T, gradient_symbol, hz_to_ppm, l2grad, tkd
 from qmapinr.recon.qsm.phantom import PHANTOM_OBJECTS, make_qsm_phantom
 

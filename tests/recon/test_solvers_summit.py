@@ -10,8 +10,8 @@ import torch
 
 from qmapinr.recon.config import HashGridConfig, SummitConfig
 from qmapinr.recon.kspace import MAP_UNITS
+from qmapinr.recon.methods.summit.solver import summit_recon
 from qmapinr.recon.sim.simulate import SimulationConfig, simulate
-from qmapinr.recon.solvers.summit import summit_recon
 
 TINY = SummitConfig(epochs=6, lr=5e-3, batch_x=4, coil_refine_iters=2,
                     map_grid=HashGridConfig(n_levels=4, log2_hashmap_size=12, implementation="torch"))

@@ -1,4 +1,4 @@
-"""SUMMIT reconstruction: fit the INR of :mod:`qmapinr.recon.solvers.summit_model` to the sampled lines.
+"""SUMMIT reconstruction: fit the INR of :mod:`qmapinr.recon.methods.summit.model` to the sampled lines.
 
 Loop (design.md, paper settings): per epoch a seeded permutation of the readout positions x is split into
 batches of ``cfg.batch_x``; for each batch the INR gives the maps and coil maps of those x slices, the physics
@@ -17,18 +17,18 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from qmapinr.recon.baselines.coilmaps import coil_compress, estimate_coil_maps
-from qmapinr.recon.baselines.dictionary import default_dictionary
-from qmapinr.recon.baselines.jsense import refine_coil_maps
+from qmapinr.recon.calibration.coilmaps import coil_compress, estimate_coil_maps
+from qmapinr.recon.calibration.jsense import refine_coil_maps
+from qmapinr.recon.calibration.noise import estimate_sigma_from_noise_scan
 from qmapinr.recon.config import SummitConfig
 from qmapinr.recon.kspace import KSpace6D, QuantMaps
 from qmapinr.recon.losses.data_consistency import l1_complex
-from qmapinr.recon.losses.noise import estimate_sigma_from_noise_scan
 from qmapinr.recon.losses.wnnm import wnnm_loss
+from qmapinr.recon.methods.summit.initial import initial_maps
+from qmapinr.recon.methods.summit.model import SummitField
+from qmapinr.recon.physics.dictionary import default_dictionary
 from qmapinr.recon.physics.fft import readout_ifft
 from qmapinr.recon.physics.forward import ExactForward, LineSubspaceOp, StructuredForward
-from qmapinr.recon.solvers.init import initial_maps
-from qmapinr.recon.solvers.summit_model import SummitField
 
 log = logging.getLogger(__name__)
 

@@ -71,10 +71,10 @@ def _truth_maps(path: Path):
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from qmapinr.gadgets.app.outputs import write_outputs
     from qmapinr.gadgets.images import mrd_images_to_maps
-    from qmapinr.gadgets.outputs import write_outputs
-    from qmapinr.gadgets.replay import read_header_xml, replay
-    from qmapinr.recon.metrics import format_scores, score
+    from qmapinr.gadgets.transport.replay import read_header_xml, replay
+    from qmapinr.recon.evaluation.metrics import format_scores, score
 
     props = _props(args.property)
     result = replay(args.input, module=args.module, target=args.chain, properties=props, mode=args.mode,
@@ -151,11 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_replay_arguments(p)
     p.set_defaults(func=cmd_demo)
 
-    from qmapinr.gadgets.server import add_serve_parser
+    from qmapinr.gadgets.transport.server import add_serve_parser
 
     add_serve_parser(sub)
 
-    from qmapinr.gadgets.bench import add_bench_parser
+    from qmapinr.gadgets.app.bench import add_bench_parser
 
     add_bench_parser(sub)
     return parser

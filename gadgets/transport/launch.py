@@ -23,7 +23,7 @@ import time
 import traceback
 
 logger = logging.getLogger(__name__)
-gadget_logger = logging.getLogger("qmapinr.gadgets.replay.gadget")
+gadget_logger = logging.getLogger("qmapinr.gadgets.transport.replay.gadget")
 
 _TAIL_LINES = 60
 

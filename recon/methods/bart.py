@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from qmapinr.recon.baselines.coilmaps import averaged_kspace, calibration_box, estimate_coil_maps
-from qmapinr.recon.baselines.dictionary import coefficients_to_maps, default_dictionary
-from qmapinr.recon.baselines.jsense import refine_coil_maps
+from qmapinr.recon.calibration.coilmaps import averaged_kspace, calibration_box, estimate_coil_maps
+from qmapinr.recon.calibration.jsense import refine_coil_maps
 from qmapinr.recon.kspace import KSpace6D, QuantMaps
+from qmapinr.recon.physics.dictionary import coefficients_to_maps, default_dictionary
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def ecalib_geometry(kspace: KSpace6D, calib: int = 12, kernel: int = 4) -> tuple
     ecalib searches a centred fully sampled region (bounded by ``-r``) of the averaged k-space and aborts
     (assertions in ``casorati_dims`` / ``caltwo``) when the kernel is not smaller than that region. Checked on
     v0.8.00: for a fully sampled centred box of odd width ``w`` (ky, kz) it reports a region of ``w - 2``.
-    The box is computed as :func:`qmapinr.recon.baselines.coilmaps.calibration_box` does (the readout is
+    The box is computed as :func:`qmapinr.recon.calibration.coilmaps.calibration_box` does (the readout is
     fully sampled) and the kernel clipped to ``region - 1``; :func:`bart_subspace_recon` retries once with the
     region ecalib actually reports if this still fails.
     """
@@ -183,7 +183,7 @@ def bart_subspace_recon(
     calib, kernel : ``ecalib`` calibration size and kernel size (clipped to the matrix).
     calib_data : "avg" — ``bart avg -w`` of the echo-0 k-space over (tau, n) (the plain BART recipe; it mixes
         contrasts per location and ESPIRiT maps suffer); "contrast" — the sign-aware least-squares combination
-        of :func:`qmapinr.recon.baselines.coilmaps.averaged_kspace`, written as the calibration input.
+        of :func:`qmapinr.recon.calibration.coilmaps.averaged_kspace`, written as the calibration input.
     threads : ``OMP_NUM_THREADS`` for BART.
     crop : ``ecalib -c`` crop threshold on the eigenvalue maps. 0 keeps the maps everywhere: the default 0.8
         cuts large parts of the object here, because the (tau, n)-averaged calibration data mix contrasts.

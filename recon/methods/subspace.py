@@ -32,12 +32,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from qmapinr.recon.baselines.coilmaps import coil_compress, estimate_coil_maps
-from qmapinr.recon.baselines.dictionary import Dictionary, coefficients_to_maps, default_dictionary
-from qmapinr.recon.baselines.jsense import refine_coil_maps
-from qmapinr.recon.baselines.sense import SenseSubspaceOp, conjugate_gradient, power_iteration
+from qmapinr.recon.calibration.coilmaps import coil_compress, estimate_coil_maps
+from qmapinr.recon.calibration.jsense import refine_coil_maps
 from qmapinr.recon.kspace import KSpace6D, QuantMaps
+from qmapinr.recon.optim.cg import conjugate_gradient
+from qmapinr.recon.optim.power import power_iteration
+from qmapinr.recon.physics.dictionary import Dictionary, coefficients_to_maps, default_dictionary
 from qmapinr.recon.physics.fft import readout_ifft
+from qmapinr.recon.physics.sense import SenseSubspaceOp
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +121,7 @@ def admm_tv(op: SenseSubspaceOp, y: torch.Tensor, lam: float, rho: float, iters:
 
     resid, objective = [], []
     for it in range(iters):
-        x = conjugate_gradient(normal, aty + rho * grad3_adjoint(z - u), x, cg_iters)
+        x, _ = conjugate_gradient(normal, aty + rho * grad3_adjoint(z - u), x, cg_iters)
         dx = grad3(x)
         z = group_shrink(dx + u, lam / rho)
         u = u + dx - z
@@ -162,7 +164,7 @@ def subspace_solve(kspace: KSpace6D, cfg: SubspaceConfig, basis: np.ndarray | to
     t_setup = time.perf_counter() - t0
 
     lmax = power_iteration(op.normal, op.shape, seed=cfg.seed)
-    x0 = conjugate_gradient(op.normal, op.adjoint(y), torch.zeros(op.shape, dtype=torch.complex64),
+    x0, _ = conjugate_gradient(op.normal, op.adjoint(y), torch.zeros(op.shape, dtype=torch.complex64),
                             cfg.init_cg_iters)
     rss = (x0.real**2 + x0.imag**2).sum((1, 2)).sqrt()
     scale = float(torch.quantile(rss.flatten()[:: max(1, rss.numel() // 100000)], 0.99))

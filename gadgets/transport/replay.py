@@ -1,4 +1,4 @@
-"""Replay an ISMRMRD file through a gadget chain, acting as the Gadgetron side of the wire.
+"""Replay an ISMRMRD file through a gadget chain, acting as the Gadgetron side of the codec.
 
 The replay opens a real loopback TCP listener and starts the chain the way Gadgetron 4 starts an external
 Python gadget (``python -m gadgetron PORT MODULE TARGET``; the gadget connects to ``('localhost', PORT)``),
@@ -22,8 +22,8 @@ import ismrmrd
 import numpy as np
 from tqdm import tqdm
 
-from qmapinr.gadgets import wire
-from qmapinr.gadgets.launch import InProcessGadget, LaunchError, SubprocessGadget, accept_one, listen_loopback
+from qmapinr.gadgets.transport import codec
+from qmapinr.gadgets.transport.launch import InProcessGadget, LaunchError, SubprocessGadget, accept_one, listen_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -122,18 +122,18 @@ class _Reader(threading.Thread):
     def run(self) -> None:
         try:
             while True:
-                mid, payload = wire.read_message(self.file)
-                if mid == wire.CLOSE:
+                mid, payload = codec.read_message(self.file)
+                if mid == codec.CLOSE:
                     self.closed = True
                     return
-                if mid == wire.IMAGE:
+                if mid == codec.IMAGE:
                     logger.debug("received image series %d", payload.image_series_index)
                     self.images.append(payload)
-                elif mid == wire.TEXT:
+                elif mid == codec.TEXT:
                     self.texts.append(payload)
                 else:
                     self.others.append((mid, payload))
-        except (wire.TruncatedStreamError, OSError) as exc:
+        except (codec.TruncatedStreamError, OSError) as exc:
             self.error = (f"the connection to the gadget was lost before its CLOSE (4) message, after "
                           f"{len(self.images)} images ({type(exc).__name__}: {exc})")
         except Exception as exc:  # anything else: record it, never end silently
@@ -161,15 +161,15 @@ class _Sender(threading.Thread):
 
     def run(self) -> None:
         try:
-            wire.send_config_text(self.sock, self.config_text)
-            wire.send_header(self.sock, self.header_xml)
+            codec.send_config_text(self.sock, self.config_text)
+            codec.send_header(self.sock, self.header_xml)
             it = iter(self.acquisitions)
             with tqdm(total=self.total, unit="acq", desc="replay", disable=not self.progress) as bar:
                 while (acq := self._next(it)) is not None:
-                    wire.send_acquisition(self.sock, acq)
+                    codec.send_acquisition(self.sock, acq)
                     self.n_sent += 1
                     bar.update(1)
-            wire.send_close(self.sock)
+            codec.send_close(self.sock)
         except _LocalFailure as exc:  # end the exchange so that neither side waits forever
             self.local_failure = True
             self.error = f"the replay failed after sending {self.n_sent} of {self.total} acquisitions ({exc})"
@@ -250,7 +250,7 @@ def replay(
     abort = sock is None
     if sock is not None:
         reader = _Reader(sock)
-        sender = _Sender(sock, wire.config_xml(properties), header_xml, iter_acquisitions(h5_path, dataset),
+        sender = _Sender(sock, codec.config_xml(properties), header_xml, iter_acquisitions(h5_path, dataset),
                          total, progress)
         reader.start()
         sender.start()

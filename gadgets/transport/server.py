@@ -4,7 +4,7 @@ A client connects, sends CONFIG (id 1: a file name such as ``summit.xml``; or id
 Gadgetron stream configuration), HEADER (3), optionally a TEXT (5) with JSON parameters, then ACQUISITIONS
 (1008) and CLOSE (4); it receives IMAGES (1022), TEXT (5) status/errors and CLOSE (4). The chain named by the
 configuration (``qmapinr.gadgets.chains.CHAINS``) runs over a
-:class:`qmapinr.gadgets.connection.MRDConnection` exactly as it would under Gadgetron 4's external Python
+:class:`qmapinr.gadgets.transport.connection.MRDConnection` exactly as it would under Gadgetron 4's external Python
 gadget.
 
 Concurrency
@@ -57,7 +57,7 @@ import threading
 import time
 from typing import Any
 
-from qmapinr.gadgets.handler import (  # noqa: F401  (re-exported: public names of the server module)
+from qmapinr.gadgets.transport.handler import (  # noqa: F401  (re-exported: public names of the server module)
     DEFAULT_CHAINS,
     LOG_FORMAT,
     ChainSpec,
@@ -348,8 +348,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m qmapinr.gadgets.server [options]`` (same options as ``qmapinr serve``)."""
-    parser = argparse.ArgumentParser(prog="python -m qmapinr.gadgets.server",
+    """``python -m qmapinr.gadgets.transport.server [options]`` (same options as ``qmapinr serve``)."""
+    parser = argparse.ArgumentParser(prog="python -m qmapinr.gadgets.transport.server",
                                      description=__doc__.split("\n")[0])
     _add_serve_arguments(parser)
     return run_serve(parser.parse_args(argv))
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # Run the imported module's main, not this __main__ copy: worker processes pickle functions and reports by
-    # their module name, which must be importable as qmapinr.gadgets.server on both sides.
-    from qmapinr.gadgets import server as _server
+    # their module name, which must be importable as qmapinr.gadgets.transport.server on both sides.
+    from qmapinr.gadgets.transport import server as _server
 
     raise SystemExit(_server.main())

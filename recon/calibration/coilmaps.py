@@ -13,7 +13,7 @@ Why not a plain average over (tau, n): each location is sampled at most once per
 frames differ strongly (the inversion flips the sign of early frames), so a plain average weights the
 contrasts differently at every k-space location; that does not cancel in the coil ratios (measured on the
 tiny test object: median alignment with the true maps 0.91 with a plain mean, 0.996 with the contrast fit).
-:func:`qmapinr.recon.baselines.jsense.refine_coil_maps` refines the maps further against the full model.
+:func:`qmapinr.recon.calibration.jsense.refine_coil_maps` refines the maps further against the full model.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def contrast_weights(seq: SequenceParams) -> np.ndarray:
     It follows the typical signal of every frame including its sign (negative right after the inversion), so
     a location's samples ``y_f ~ w_f * X`` can be combined by least squares instead of a plain mean.
     """
-    from qmapinr.recon.baselines.dictionary import default_dictionary
+    from qmapinr.recon.physics.dictionary import default_dictionary
 
     d = default_dictionary(seq, n_t1=24, n_t2=16)
     u1 = d.svd()[0][:, 0]

@@ -1,8 +1,9 @@
 """Per-connection side of the standalone MRD server: chain lookup, one client's session, worker processes.
 
-:func:`handle_client` runs one client's whole session over a :class:`~qmapinr.gadgets.connection.MRDConnection`
+:func:`handle_client` runs one client's whole session over a
+:class:`~qmapinr.gadgets.transport.connection.MRDConnection`
 (config -> chain -> stream -> CLOSE) and returns a :class:`ConnectionReport`; errors go to the client as TEXT.
-:mod:`qmapinr.gadgets.server` owns the listening socket, concurrency limits and shutdown.
+:mod:`qmapinr.gadgets.transport.server` owns the listening socket, concurrency limits and shutdown.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qmapinr.gadgets.connection import (
+from qmapinr.gadgets.transport.connection import (
     ClientDisconnected,
     MRDConnection,
     ProtocolError,
@@ -29,7 +30,7 @@ from qmapinr.gadgets.connection import (
     write_text,
 )
 
-logger = logging.getLogger("qmapinr.gadgets.server")
+logger = logging.getLogger("qmapinr.gadgets.transport.server")
 
 DEFAULT_CHAINS = "qmapinr.gadgets.chains:CHAINS"
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d %(name)s] %(message)s"

@@ -1,4 +1,4 @@
-"""SENSE operator of the temporal-subspace model and the small solvers shared by the baselines.
+"""SENSE operator of the temporal-subspace model (the normal operator without line gathering).
 
 ``A x = P F S U x``: coefficient images ``x (nx, nte, K, nz, ny)`` (one (z, y) plane per readout position x
 after the readout IFFT), coil maps S ``(nx, C, nz, ny)``, centred unitary 2-D FFT over (kz, ky), contraction
@@ -94,38 +94,3 @@ class SenseSubspaceOp:
             sens = self.sens[s:s + self.bx, :, None, None]
             out.append((sens.conj() * self.gram(sens * x[s:s + self.bx, None])).sum(1))
         return torch.cat(out, 0)
-
-
-def _vdot(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.vdot(a.flatten(), b.flatten()).real)
-
-
-def conjugate_gradient(normal, b: torch.Tensor, x: torch.Tensor, iters: int) -> torch.Tensor:
-    """``iters`` CG steps on ``normal(x) = b`` (Hermitian positive semi-definite) from ``x``."""
-    r = b - normal(x)
-    p = r.clone()
-    rr = _vdot(r, r)
-    for _ in range(iters):
-        if rr == 0.0:
-            break
-        ap = normal(p)
-        alpha = rr / max(_vdot(p, ap), 1e-300)
-        x = x + alpha * p
-        r = r - alpha * ap
-        rr_new = _vdot(r, r)
-        p = r + (rr_new / rr) * p
-        rr = rr_new
-    return x
-
-
-def power_iteration(normal, shape: tuple[int, ...], iters: int = 12, seed: int = 0) -> float:
-    """Largest eigenvalue of the Hermitian ``normal`` operator (seeded random start)."""
-    g = torch.Generator().manual_seed(seed)
-    v = torch.complex(torch.randn(shape, generator=g), torch.randn(shape, generator=g))
-    lam = 0.0
-    for _ in range(iters):
-        v = v / torch.linalg.vector_norm(v)
-        w = normal(v)
-        lam = _vdot(v, w)
-        v = w
-    return lam

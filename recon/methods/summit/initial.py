@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from qmapinr.recon.baselines.dictionary import default_dictionary, match_coefficients
+from qmapinr.recon.calibration.support import lowres_subspace_images, support_mask
 from qmapinr.recon.kspace import KSpace6D
-from qmapinr.recon.solvers.prepare import lowres_subspace_images, support_mask
+from qmapinr.recon.physics.dictionary import default_dictionary, match_coefficients
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """Side-by-side benchmark: SUMMIT vs the subspace (LRT-like) baseline vs the BART peer on the same simulated data.
 
 One case = (phantom, R, SNR, seed). Every method gets the same :class:`KSpace6D`; its maps are scored against the
-phantom truth (:mod:`qmapinr.recon.metrics`), with wall time and peak resident memory measured around the call.
+phantom truth (:mod:`qmapinr.recon.evaluation.metrics`), with wall time and peak resident memory measured around
+the call.
 SUMMIT also records a convergence curve (NRMSE vs wall time, callback time excluded) and its time-to-quality:
 the wall time after which every scored NRMSE stays within 5 % of its final value.
 """
@@ -18,8 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qmapinr.recon.config import SummitConfig
+from qmapinr.recon.evaluation.metrics import SCORED, Scores, nrmse, score
 from qmapinr.recon.kspace import KSpace6D, QuantMaps
-from qmapinr.recon.metrics import SCORED, Scores, nrmse, score
 from qmapinr.recon.sim.phantom import Phantom
 from qmapinr.recon.sim.simulate import SimulationConfig, simulate
 
@@ -86,7 +87,7 @@ def time_to_quality(curve: list[tuple[float, dict[str, float]]], tol: float = 0.
 
 
 def _summit(kspace: KSpace6D, phantom: Phantom, cfg: SummitConfig, every: int):
-    from qmapinr.recon.solvers.summit import summit_recon
+    from qmapinr.recon.methods.summit.solver import summit_recon
 
     curve: list[tuple[float, dict[str, float]]] = []
     tissues = [phantom.label_of(t) for t in ("WM", "GM") if t in phantom.label_names.values()]
@@ -113,11 +114,11 @@ def run_method(method: str, kspace: KSpace6D, phantom: Phantom, case: str,
             if method == "summit":
                 maps, curve = _summit(kspace, phantom, summit_cfg, curve_every)
             elif method == "subspace":
-                from qmapinr.recon.baselines.subspace import SubspaceConfig, subspace_recon
+                from qmapinr.recon.methods.subspace import SubspaceConfig, subspace_recon
 
                 maps = subspace_recon(kspace, SubspaceConfig())
             elif method == "bart":
-                from qmapinr.recon.baselines.bart import BartConfig, bart_available, bart_recon
+                from qmapinr.recon.methods.bart import BartConfig, bart_available, bart_recon
 
                 if not bart_available():
                     raise RuntimeError("BART CLI not installed (Debian package 'bart')")

@@ -17,7 +17,7 @@ WINDOWS = {"T1": (0, 2500), "T2": (0, 200), "T2star": (0, 120), "A": (0, 1.2)}
 
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
-    from qmapinr.gadgets.cli import add_sim_arguments
+    from qmapinr.gadgets.app.cli import add_sim_arguments
 
     p = sub.add_parser("bench", help="SUMMIT vs subspace baseline vs BART on simulated phantoms: table + figures",
                        description=__doc__)
@@ -106,9 +106,9 @@ def _curve_figure(results, path: Path) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from qmapinr.gadgets.cli import _props
-    from qmapinr.recon.benchmark import run_case
+    from qmapinr.gadgets.app.cli import _props
     from qmapinr.recon.config import SummitConfig, from_properties
+    from qmapinr.recon.evaluation.benchmark import run_case
     from qmapinr.recon.sim.simulate import SimulationConfig
 
     props = _props(args.property)

@@ -2,7 +2,7 @@
 
 The map INR (:class:`~qmapinr.recon.inr.heads.MapINR`: hash grid + one 3x64 ReLU MLP per parameter with exp
 output, and a separate phase MLP) learns a residual around data-driven per-voxel priors
-(:mod:`qmapinr.recon.solvers.init`); coil sensitivities are either the fixed estimated maps
+(:mod:`qmapinr.recon.methods.summit.initial`); coil sensitivities are either the fixed estimated maps
 (``coil_mode='ratio'|'jsense'``) or a small coil INR started from them (``coil_mode='inr'``).
 """
 

@@ -21,9 +21,11 @@ import logging
 import numpy as np
 import torch
 
-from qmapinr.recon.baselines.sense import SenseSubspaceOp, conjugate_gradient, power_iteration
 from qmapinr.recon.kspace import KSpace6D
+from qmapinr.recon.optim.cg import conjugate_gradient
+from qmapinr.recon.optim.power import power_iteration
 from qmapinr.recon.physics.fft import fftc, ifftc, readout_ifft
+from qmapinr.recon.physics.sense import SenseSubspaceOp
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ def refine_coil_maps(
     history = []
     for it in range(outer_iters):
         op.sens = lowres.forward(sigma) if it else s_x
-        x = conjugate_gradient(op.normal, op.adjoint(y), x, x_cg_iters)
+        x, _ = conjugate_gradient(op.normal, op.adjoint(y), x, x_cg_iters)
 
         def m_fwd(s: torch.Tensor, x=x) -> torch.Tensor:  # maps (nx, C, nz, ny) -> lines, batched over x
             return torch.cat([op.op.forward(s[b:b + op.bx, :, None, None] * x[b:b + op.bx, None])
@@ -117,7 +119,7 @@ def refine_coil_maps(
         def regularised(sg: torch.Tensor, normal=normal, mu=mu) -> torch.Tensor:
             return normal(sg) + mu * sg
 
-        sigma = conjugate_gradient(regularised, lowres.adjoint(m_adj(y)), sigma, s_cg_iters)
+        sigma, _ = conjugate_gradient(regularised, lowres.adjoint(m_adj(y)), sigma, s_cg_iters)
         r = float(torch.linalg.vector_norm(m_fwd(lowres.forward(sigma)) - y)) / ynorm
         history.append(r)
         log.debug("JSENSE %d: relative residual %.4g", it, r)

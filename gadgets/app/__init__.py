@@ -1,0 +1,1 @@
+"""The application around the plugin: the ``qmapinr`` command line (``cli``), ``bench`` and the output writers."""

@@ -1,0 +1,1 @@
+"""Scoring against truth (``metrics``) and the benchmark harness (``benchmark``)."""

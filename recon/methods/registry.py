@@ -1,0 +1,81 @@
+"""The method registry and the one call from buffered k-space to every output map (solver, then QSM from B0)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from qmapinr.recon.config import SummitConfig
+from qmapinr.recon.kspace import KSpace6D, QuantMaps
+from qmapinr.recon.methods.subspace import SubspaceConfig
+from qmapinr.recon.physics.dipole import b0_dir_from_geometry
+from qmapinr.recon.qsm.inversion import qsm_from_field
+
+log = logging.getLogger(__name__)
+
+
+def add_qsm(maps: QuantMaps, kspace: KSpace6D, b0_t: float = 3.0) -> QuantMaps:
+    """Add ``QSM`` (ppm, 0 outside the eroded mask) computed from the ``B0`` map (Hz) inside ``maps.mask``."""
+    if "B0" not in maps.maps or maps.mask is None or not maps.mask.any():
+        log.warning("no B0 map or empty mask: QSM skipped")
+        return maps
+    t0 = time.time()
+    try:
+        g = kspace.geometry
+        b0_dir = b0_dir_from_geometry(g.read_dir, g.phase_dir, g.slice_dir)  # B0 (patient z) in the image frame
+        chi, eroded = qsm_from_field(maps.maps["B0"], maps.mask, g.voxel_mm, b0_t=b0_t, b0_dir=b0_dir)
+    except ValueError as exc:  # e.g. mask too small to erode for V-SHARP
+        log.warning("QSM skipped: %s", exc)
+        return maps
+    maps.maps["QSM"] = np.where(eroded, chi, 0.0).astype(np.float32)
+    maps.info["qsm_mask_voxels"] = int(eroded.sum())
+    maps.info.setdefault("timings", {})["qsm_s"] = time.time() - t0
+    return maps
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered reconstruction method: its typed config (whose fields are the chain properties) and solver.
+
+    ``solve(kspace, cfg) -> QuantMaps``; ``module``/``function`` name the solver so that importing the registry
+    does not import every method (BART, torch-heavy INR code) up front.
+    """
+
+    name: str
+    config: type
+    module: str
+    function: str
+    description: str
+
+    def solve(self, kspace: KSpace6D, cfg: Any) -> QuantMaps:
+        return getattr(importlib.import_module(self.module), self.function)(kspace, cfg)
+
+
+METHODS: dict[str, Method] = {
+    "summit": Method("summit", SummitConfig, "qmapinr.recon.methods.summit.solver", "summit_recon",
+                     "SUMMIT hash-grid INR + Bloch signal model, L1 DC + WNNM"),
+    "baseline": Method("baseline", SubspaceConfig, "qmapinr.recon.methods.subspace", "subspace_recon",
+                       "temporal-subspace SENSE + 3-D TV (ADMM) + dictionary matching"),
+}
+"""The one method registry: method name -> :class:`Method` (chains, server, CLI and bench read it)."""
+
+
+def get_method(name: str) -> Method:
+    """The registered method ``name``; an unknown name is a ValueError listing the known ones."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
+
+
+def reconstruct(kspace: KSpace6D, chain: str, cfg: Any) -> QuantMaps:
+    """Run the solver of method ``chain`` with its typed ``cfg``; adds QSM and geometry."""
+    maps = get_method(chain).solve(kspace, cfg)
+    maps = add_qsm(maps, kspace, b0_t=float(kspace.meta.get("field_strength_t", 3.0)))
+    maps.info["geometry"] = kspace.geometry
+    return maps
