@@ -8,6 +8,8 @@ output, and a separate phase MLP) learns a residual around data-driven per-voxel
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -66,12 +68,22 @@ class SummitField(nn.Module):
             self.maps.set_active_levels(min(n_levels, 1 + epoch // per))
 
     @torch.no_grad()
+    def batches(self, batch_x: int) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]]:
+        """The one batched evaluation of the whole field: yields ``(xb, maps, coil)`` per batch of x positions.
+
+        ``xb`` int64 ``(bx,)`` on the field's device; maps name -> ``(bx, nz, ny)``; coil ``(bx, C, nz, ny)``.
+        """
+        nx = self.coords.shape[0]
+        for xb in torch.arange(nx, device=self.coords.device).split(batch_x):
+            maps, coil = self(xb)
+            yield xb, maps, coil
+
+    @torch.no_grad()
     def volumes(self, names: tuple[str, ...], batch_x: int) -> dict[str, torch.Tensor]:
         """Maps ``names`` on the whole grid, float32 ``(nz, ny, nx)`` on the CPU (evaluated ``batch_x`` x at a time)."""
         nx, nz, ny = self.coords.shape[:3]
         out = {n: torch.zeros(nz, ny, nx) for n in names}
-        for xb in torch.arange(nx, device=self.coords.device).split(batch_x):
-            maps, _ = self(xb)
+        for xb, maps, _ in self.batches(batch_x):
             for n in names:
                 out[n][:, :, xb.cpu()] = maps[n].permute(1, 2, 0).float().cpu()
         return out

@@ -13,9 +13,11 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from qmapinr.recon.calibration.coilmaps import coil_compress, estimate_coil_maps
 from qmapinr.recon.calibration.jsense import refine_coil_maps
@@ -24,7 +26,7 @@ from qmapinr.recon.config import SummitConfig
 from qmapinr.recon.kspace import KSpace6D, QuantMaps
 from qmapinr.recon.losses.data_consistency import l1_complex
 from qmapinr.recon.losses.wnnm import wnnm_loss
-from qmapinr.recon.methods.summit.initial import initial_maps
+from qmapinr.recon.methods.summit.initial import InitialMaps, initial_maps
 from qmapinr.recon.methods.summit.model import SummitField
 from qmapinr.recon.physics.dictionary import default_dictionary
 from qmapinr.recon.physics.fft import readout_ifft
@@ -112,8 +114,8 @@ def _amplitude_gain(model: SummitField, fwd, hybrid: torch.Tensor, batch_x: int)
     model linearly, so one global gain removes that bias before the first step.
     """
     num = den = 0.0
-    for xb in torch.arange(hybrid.shape[0], device=hybrid.device).split(batch_x):
-        pred = fwd(*model(xb))
+    for xb, maps, coil in model.batches(batch_x):
+        pred = fwd(maps, coil)
         num += float(torch.vdot(pred.flatten(), hybrid[xb].flatten()).real)
         den += float(pred.abs().pow(2).sum())
     return num / den if den > 0 else 1.0
@@ -137,33 +139,72 @@ def estimate_sensitivities(kspace: KSpace6D, cfg: SummitConfig) -> torch.Tensor:
     return torch.from_numpy(sens)
 
 
-def summit_recon(kspace: KSpace6D, cfg: SummitConfig | None = None,
-                 callback: EpochCallback | None = None) -> QuantMaps:
-    """Reconstruct A, T1, T2, T2*, B0, Phase0 and a residual map with the SUMMIT INR.
+@dataclass
+class Prepared:
+    """Everything the fit needs, computed once before the first epoch (all tensors on ``device``).
 
-    Parameters
+    Attributes
     ----------
-    kspace : the buffered measurement (lines, header timing, geometry, noise pre-scan).
-    cfg : typed settings (defaults CPU-sized; see :class:`~qmapinr.recon.config.SummitConfig`).
-    callback : called after every epoch as ``callback(epoch, seconds_so_far, model)`` (benchmarks use it to
-        record convergence curves; its own time is excluded from the timings).
-
-    Returns
-    -------
-    :class:`QuantMaps`: float32 ``(nz, ny, nx)`` maps (0 outside ``mask``), ``info`` with the loss history,
-    stage timings, data scale and settings.
+    kspace : the measurement (coil-compressed when ``cfg.virtual_coils`` asks for it).
+    hybrid : complex64 ``(nx, C, nte, nlines)`` lines after the readout IFFT, divided by ``scale``.
+    scale : data scale (max |hybrid| before normalisation).
+    sigma : noise std of the pre-scan in normalised units, or None.
+    sens : complex64 ``(C, nz, ny, nx)`` estimated coil maps.
+    init : the initial maps (name -> float32 ``(nz, ny, nx)``) and the support ``mask``.
+    fwd : the physics forward model (structured or exact).
+    levels : per map ``(scale, sigma)`` for the WNNM weights.
+    timings : seconds per preparation stage.
     """
-    cfg = cfg or SummitConfig()
+
+    kspace: KSpace6D
+    hybrid: torch.Tensor
+    scale: float
+    sigma: float | None
+    sens: torch.Tensor
+    init: InitialMaps
+    fwd: StructuredForward | ExactForward
+    levels: dict[str, tuple[float, float]]
+    device: torch.device
+    timings: dict[str, float]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.init.mask
+
+
+@dataclass
+class FitResult:
+    """Per-epoch data-consistency loss and the stage timings of the loop (seconds; callback time excluded)."""
+
+    history: list[float]
+    timings: dict[str, float]
+
+
+BatchLoss = Callable[[nn.Module, torch.Tensor, int, "_Timer"], tuple[torch.Tensor, torch.Tensor]]
+"""``loss_fn(model, xb, epoch, timer) -> (loss, data_consistency)`` for one batch of readout positions ``xb``
+(``timer.mark(stage)`` attributes time to the loss's own stages)."""
+
+
+def build_forward(kspace: KSpace6D, cfg: SummitConfig, device: torch.device) -> StructuredForward | ExactForward:
+    """The forward model that ``cfg.forward`` names, on the sampled lines of ``kspace``."""
+    nx, ny, nz = kspace.geometry.matrix
+    lines = (kspace.ky, kspace.kz, kspace.seg, kspace.tau)
+    if cfg.forward == "structured":
+        fwd = StructuredForward(kspace.seq, *lines, (nz, ny), rank=cfg.rank, device=device)
+        log.info("structured forward: rank %d, worst q^n basis error %.2g", cfg.rank, fwd.basis_error)
+        return fwd
+    if cfg.forward == "exact":
+        return ExactForward(kspace.seq, *lines, (nz, ny), device=device)
+    raise ValueError(f"SummitConfig.forward must be 'structured' or 'exact', got {cfg.forward!r}")
+
+
+def prepare(kspace: KSpace6D, cfg: SummitConfig) -> Prepared:
+    """Coil maps, normalised hybrid data, noise level, initial maps and the forward model (before any epoch)."""
     device = pick_device(cfg.device)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-
     if cfg.virtual_coils and cfg.virtual_coils < kspace.ncoils:
         kspace, _ = coil_compress(kspace, cfg.virtual_coils)
-    nx, ny, nz = kspace.geometry.matrix
     sens = estimate_sensitivities(kspace, cfg)  # (C, nz, ny, nx)
     timings["coil_maps_s"] = time.perf_counter() - t_start
     hybrid = readout_ifft(kspace)  # (nx, C, nte, nlines)
@@ -177,28 +218,22 @@ def summit_recon(kspace: KSpace6D, cfg: SummitConfig | None = None,
     for name in flat[cfg.init]:  # constant priors (in-mask median), the INR learns the spatial structure
         init.maps[name] = torch.full_like(init.maps[name], float(init.maps[name][init.mask].median()))
     timings["prepare_s"] = time.perf_counter() - t_start
+    fwd = build_forward(kspace, cfg, device)
     mask = init.mask
-
-    model = SummitField(cfg, (nz, ny, nx), kspace.geometry.voxel_mm, init.maps, sens).to(device)
-    lines = (kspace.ky, kspace.kz, kspace.seg, kspace.tau)
-    if cfg.forward == "structured":
-        fwd = StructuredForward(kspace.seq, *lines, (nz, ny), rank=cfg.rank, device=device)
-        log.info("structured forward: rank %d, worst q^n basis error %.2g", cfg.rank, fwd.basis_error)
-    elif cfg.forward == "exact":
-        fwd = ExactForward(kspace.seq, *lines, (nz, ny), device=device)
-    else:
-        raise ValueError(f"SummitConfig.forward must be 'structured' or 'exact', got {cfg.forward!r}")
-    hybrid = hybrid.to(device)
-    gain = _amplitude_gain(model, fwd, hybrid, cfg.batch_x)
-    model.scale_amplitude(gain)
-    log.info("init: amplitude prior rescaled by %.3g (least-squares fit of the forward model to the data)", gain)
     # inverse SNR of the low-resolution image: noise std of the pre-scan over the median in-mask amplitude
     signal_level = float(init.maps["A"][mask].median()) * math.sin(math.radians(kspace.seq.flip_deg)) * 0.5
     rel_noise = min(max((sigma or 0.0) / max(signal_level, 1e-12), 0.005), 0.2)
     levels = map_noise_levels(init.maps, mask, rel_noise)
-    wnnm_on = cfg.lambda_a > 0 or cfg.lambda_t1_phase > 0 or cfg.lambda_t2 > 0
-    dc_ref = None
+    return Prepared(kspace, hybrid.to(device), scale, sigma, sens, init, fwd, levels, device, timings)
 
+
+def fit(model: nn.Module, loss_fn: BatchLoss, nx: int, cfg: SummitConfig, device: torch.device,
+        callback: EpochCallback | None = None) -> FitResult:
+    """The training loop every INR method shares: seeded x-batch order, Adam + step decay, plateau stop.
+
+    ``model.param_groups(lr, coil_lr_scale)`` gives the Adam groups and ``model.set_epoch(epoch)`` is called at
+    the start of every epoch; ``loss_fn`` returns the batch loss and its data-consistency part (for the history).
+    """
     opt = torch.optim.Adam(model.param_groups(cfg.lr, cfg.coil_lr_scale), lr=cfg.lr, fused=True)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -212,17 +247,7 @@ def summit_recon(kspace: KSpace6D, cfg: SummitConfig | None = None,
         epoch_dc = 0.0
         for xb in order.split(cfg.batch_x):
             timer.mark("other")
-            maps, coil = model(xb.to(device))
-            timer.mark("inr")
-            pred = fwd(maps, coil)
-            timer.mark("forward")
-            dc = l1_complex(pred, hybrid[xb.to(device)])
-            loss = dc
-            if dc_ref is None:
-                dc_ref = float(dc.detach())  # lambdas are relative to the initial data-consistency loss
-            if wnnm_on and epoch >= cfg.wnnm_start_epoch:
-                loss = loss + dc_ref * _wnnm_terms(maps, cfg, levels)
-            timer.mark("loss")
+            loss, dc = loss_fn(model, xb.to(device), epoch, timer)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -241,14 +266,80 @@ def summit_recon(kspace: KSpace6D, cfg: SummitConfig | None = None,
             if prev - epoch_dc < cfg.plateau_rel * prev:
                 log.info("data-consistency plateau after %d epochs: stopping", epoch + 1)
                 break
-    timings.update({f"{k}_s": v for k, v in timer.totals.items()})
+    timings = {f"{k}_s": v for k, v in timer.totals.items()}
     timings["epochs_run"] = len(history)
     timings["loop_s"] = time.perf_counter() - t_loop - excluded
+    timings["callback_s"] = excluded
+    return FitResult(history, timings)
 
-    out = final_maps(model, hybrid, fwd, kspace, mask, scale, cfg.batch_x)
-    timings["total_s"] = time.perf_counter() - t_start - excluded
-    out.info.update({"history": history, "timings": timings, "scale": scale, "config": cfg,
-                     "sigma_noise": sigma, "init": {k: v.numpy() for k, v in init.maps.items()}})
+
+class SummitLoss:
+    """SUMMIT's batch loss: L1 data consistency of the predicted lines + lambda-weighted WNNM on the maps.
+
+    The lambdas are relative to the data-consistency loss of the very first batch (``dc_ref``); WNNM is on from
+    ``cfg.wnnm_start_epoch``.
+    """
+
+    def __init__(self, prep: Prepared, cfg: SummitConfig) -> None:
+        self.prep, self.cfg = prep, cfg
+        self.wnnm_on = cfg.lambda_a > 0 or cfg.lambda_t1_phase > 0 or cfg.lambda_t2 > 0
+        self.dc_ref: float | None = None
+
+    def __call__(self, model: nn.Module, xb: torch.Tensor, epoch: int, timer: _Timer
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        maps, coil = model(xb)
+        timer.mark("inr")
+        pred = self.prep.fwd(maps, coil)
+        timer.mark("forward")
+        dc = l1_complex(pred, self.prep.hybrid[xb])
+        loss = dc
+        if self.dc_ref is None:
+            self.dc_ref = float(dc.detach())  # lambdas are relative to the initial data-consistency loss
+        if self.wnnm_on and epoch >= self.cfg.wnnm_start_epoch:
+            loss = loss + self.dc_ref * _wnnm_terms(maps, self.cfg, self.prep.levels)
+        timer.mark("loss")
+        return loss, dc
+
+
+def build_field(prep: Prepared, cfg: SummitConfig) -> SummitField:
+    """The SUMMIT field started from the initial maps, its amplitude prior rescaled by the least-squares gain."""
+    nx, ny, nz = prep.kspace.geometry.matrix
+    model = SummitField(cfg, (nz, ny, nx), prep.kspace.geometry.voxel_mm, prep.init.maps, prep.sens).to(prep.device)
+    gain = _amplitude_gain(model, prep.fwd, prep.hybrid, cfg.batch_x)
+    model.scale_amplitude(gain)
+    log.info("init: amplitude prior rescaled by %.3g (least-squares fit of the forward model to the data)", gain)
+    return model
+
+
+def summit_recon(kspace: KSpace6D, cfg: SummitConfig | None = None,
+                 callback: EpochCallback | None = None) -> QuantMaps:
+    """Reconstruct A, T1, T2, T2*, B0, Phase0 and a residual map with the SUMMIT INR: prepare, fit, evaluate.
+
+    Parameters
+    ----------
+    kspace : the buffered measurement (lines, header timing, geometry, noise pre-scan).
+    cfg : typed settings (defaults CPU-sized; see :class:`~qmapinr.recon.config.SummitConfig`).
+    callback : called after every epoch as ``callback(epoch, seconds_so_far, model)`` (benchmarks use it to
+        record convergence curves; its own time is excluded from the timings).
+
+    Returns
+    -------
+    :class:`QuantMaps`: float32 ``(nz, ny, nx)`` maps (0 outside ``mask``), ``info`` with the loss history,
+    stage timings, data scale and settings.
+    """
+    cfg = cfg or SummitConfig()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    t_start = time.perf_counter()
+    prep = prepare(kspace, cfg)
+    model = build_field(prep, cfg)
+    result = fit(model, SummitLoss(prep, cfg), prep.kspace.geometry.matrix[0], cfg, prep.device, callback)
+    timings = dict(prep.timings, **result.timings)
+    out = final_maps(model, prep.hybrid, prep.fwd, prep.kspace, prep.mask, prep.scale, cfg.batch_x)
+    timings["total_s"] = time.perf_counter() - t_start - timings.pop("callback_s")
+    out.info.update({"history": result.history, "timings": timings, "scale": prep.scale, "config": cfg,
+                     "sigma_noise": prep.sigma, "init": {k: v.numpy() for k, v in prep.init.maps.items()}})
     return out
 
 
@@ -263,9 +354,9 @@ def final_maps(model: SummitField, hybrid: torch.Tensor, fwd, kspace: KSpace6D, 
                                  (kspace.ky, kspace.kz, kspace.seg, kspace.tau)), (nz, ny))
     names = ("A", "T1", "T2", "T2star", "B0", "Phase0")
     vols = {n: torch.zeros(nz, ny, nx) for n in names + ("Residual",)}
-    for xb in torch.arange(nx).split(batch_x):
-        maps, coil = model(xb.to(device))
-        res = fwd(maps, coil) - hybrid[xb.to(device)]  # (bx, C, E, L)
+    for xb, maps, coil in model.batches(batch_x):
+        res = fwd(maps, coil) - hybrid[xb]  # (bx, C, E, L)
+        xb = xb.cpu()
         img = adj.adjoint(res)[..., 0, :, :]  # (bx, C, E, nz, ny)
         rimg = (coil.conj()[:, :, None] * img).sum(1).abs().pow(2).sum(1).sqrt()  # (bx, nz, ny)
         for n in names:
