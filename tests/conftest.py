@@ -7,7 +7,9 @@ flagged ACQ_LAST_IN_MEASUREMENT) and uses random k-space samples: it tests the p
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import ismrmrd
 import numpy as np
@@ -15,6 +17,10 @@ import pytest
 
 from qmapinr.recon.kspace import Geometry, SequenceParams
 from qmapinr.recon.mrdheader import build_header, header_to_xml
+
+HELPERS = Path(__file__).resolve().parent / "helpers"
+if str(HELPERS) not in sys.path:  # shared test helpers (tiny object, fake chains, loopback MRD client)
+    sys.path.insert(0, str(HELPERS))
 
 
 @dataclass

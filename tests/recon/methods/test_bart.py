@@ -6,8 +6,8 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from helpers.synthetic import tiny_dataset
 from scipy.ndimage import binary_erosion
+from synthetic import tiny_dataset  # tests/helpers
 
 from qmapinr.recon.kspace import SequenceParams
 from qmapinr.recon.methods.bart import (

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from helpers.synthetic import tiny_dataset
+from synthetic import tiny_dataset  # tests/helpers
 
 from qmapinr.recon.calibration.coilmaps import calibration_box, coil_compress, estimate_coil_maps
 from qmapinr.recon.calibration.jsense import refine_coil_maps

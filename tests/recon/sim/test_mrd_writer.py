@@ -11,7 +11,7 @@ from qmapinr.recon.mrdheader import geometry_from_acquisition, parse_header
 from qmapinr.recon.sim.mrd_writer import read_mrd, read_truth, write_mrd
 from qmapinr.recon.sim.simulate import SimulationConfig, simulate, tiny_fixture_config
 
-FIXTURE = Path(__file__).resolve().parents[1] / "data" / "tiny.h5"
+FIXTURE = Path(__file__).resolve().parents[2] / "data" / "tiny.h5"
 SMALL = SimulationConfig(
     shape=(2, 8, 8), ncoils=2, nseg=4, R=2.0, snr=30.0, seed=7
 )  # 96 imaging acquisitions

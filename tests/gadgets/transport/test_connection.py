@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import socket
 import struct
-import sys
-from pathlib import Path
 
 import ismrmrd
+import mrd_test_client as mc  # noqa: E402
 import numpy as np
 import pytest
 
@@ -19,9 +18,6 @@ from qmapinr.gadgets.transport.connection import (
     flatten_parameters,
     parse_config_text,
 )
-
-sys.path.insert(0, str(Path(__file__).parent))
-import mrd_test_client as mc  # noqa: E402
 
 HEADER_XML = ismrmrd.xsd.ToXML(
     ismrmrd.xsd.ismrmrdHeader(

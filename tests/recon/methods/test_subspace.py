@@ -5,8 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from helpers.synthetic import tiny_dataset
 from scipy.ndimage import binary_erosion
+from synthetic import tiny_dataset  # tests/helpers
 
 from qmapinr.recon.config import from_properties
 from qmapinr.recon.methods.subspace import (

@@ -18,7 +18,8 @@ from qmapinr.gadgets.transport.replay import ReplayError, iter_acquisitions, rep
 from qmapinr.recon.kspace import MAP_UNITS
 
 HERE = Path(__file__).resolve().parent
-ENV = {"PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+HELPERS = HERE.parents[1] / "helpers"
+ENV = {"PYTHONPATH": os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")])}
 
 
 # ------------------------------------------------------------------------------------------------- wire

@@ -27,7 +27,7 @@ import mrd_test_client as mc  # noqa: E402
 
 from qmapinr.gadgets.transport.server import MRDServer  # noqa: E402
 
-REPO = HERE.parents[1]
+REPO = HERE.parents[2]
 TINY = REPO / "tests" / "data" / "tiny.h5"
 
 
@@ -297,7 +297,8 @@ def _read_stderr(proc, lines):
 
 
 def test_sigterm_lets_running_connection_finish_and_exits_zero():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(REPO / "tests" / "helpers"),
+                                                    os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen(
         [sys.executable, "-m", "qmapinr.gadgets.transport.server", "--port", "0", "--chains", "test_server:FAKE_CHAINS",
          "--log-level", "INFO", "--shutdown-timeout", "30"],
