@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qmapinr.gadgets.app.arguments import add_sim_arguments, parse_properties
+
 log = logging.getLogger(__name__)
 
 MAPS = ("T1", "T2", "T2star", "A")
@@ -17,8 +19,6 @@ WINDOWS = {"T1": (0, 2500), "T2": (0, 200), "T2star": (0, 120), "A": (0, 1.2)}
 
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
-    from qmapinr.gadgets.app.cli import add_sim_arguments
-
     p = sub.add_parser("bench", help="SUMMIT vs subspace baseline vs BART on simulated phantoms: table + figures",
                        description=__doc__)
     add_sim_arguments(p, shape="8,32,32")
@@ -106,12 +106,11 @@ def _curve_figure(results, path: Path) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from qmapinr.gadgets.app.cli import _props
     from qmapinr.recon.config import SummitConfig, from_properties
     from qmapinr.recon.evaluation.benchmark import run_case
     from qmapinr.recon.sim.simulate import SimulationConfig
 
-    props = _props(args.property)
+    props = parse_properties(args.property)
     if args.epochs is not None:
         props["epochs"] = str(args.epochs)
     summit_cfg = from_properties(SummitConfig, props)

@@ -13,44 +13,11 @@ import logging
 import sys
 from pathlib import Path
 
+from qmapinr.gadgets.app.arguments import add_sim_arguments, parse_properties, sim_config
+from qmapinr.gadgets.app.bench import add_bench_parser
+from qmapinr.gadgets.transport.server import add_serve_parser
+
 log = logging.getLogger("qmapinr")
-
-
-def _shape(text: str) -> tuple[int, int, int]:
-    parts = tuple(int(p) for p in text.split(","))
-    if len(parts) != 3 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"shape must be nz,ny,nx (three positive ints), got {text!r}")
-    return parts  # type: ignore[return-value]
-
-
-def _props(items: list[str] | None) -> dict[str, str]:
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"property must be key=value, got {item!r}")
-        out[key.strip()] = value.strip()
-    return out
-
-
-def add_sim_arguments(p: argparse.ArgumentParser, shape: str = "8,32,32") -> None:
-    """Phantom / protocol options shared by simulate, demo and bench."""
-    p.add_argument("--shape", type=_shape, default=_shape(shape), help="nz,ny,nx (default %(default)s)")
-    p.add_argument("--coils", type=int, default=4, help="receive coils (default %(default)s)")
-    p.add_argument("--R", type=float, default=4.0, help="acceleration Ny*Nz/lines per tau (default %(default)s)")
-    p.add_argument("--snr", type=float, default=30.0, help="SNR; 0 = noiseless (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of phantom, coils, sampling, noise")
-    p.add_argument("--phantom", choices=["brain", "nist"], default="brain")
-    p.add_argument("--preset", choices=["demo", "paper-sim", "phantom"], default="demo",
-                   help="sequence timing preset (design.md; default %(default)s)")
-    p.add_argument("--nseg", type=int, default=None, help="readouts per segment (overrides the preset)")
-
-
-def sim_config(args: argparse.Namespace):
-    from qmapinr.recon.sim.simulate import SimulationConfig
-
-    return SimulationConfig(shape=args.shape, ncoils=args.coils, R=args.R, snr=args.snr or None, seed=args.seed,
-                            phantom=args.phantom, preset=args.preset, nseg=args.nseg)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -76,7 +43,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from qmapinr.gadgets.transport.replay import read_header_xml, replay
     from qmapinr.recon.evaluation.metrics import format_scores, score
 
-    props = _props(args.property)
+    props = parse_properties(args.property)
     result = replay(args.input, module=args.module, target=args.chain, properties=props, mode=args.mode,
                     timeout=args.timeout, progress=None if not args.no_progress else False)
     for text in result.texts:
@@ -151,11 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_replay_arguments(p)
     p.set_defaults(func=cmd_demo)
 
-    from qmapinr.gadgets.transport.server import add_serve_parser
-
     add_serve_parser(sub)
-
-    from qmapinr.gadgets.app.bench import add_bench_parser
 
     add_bench_parser(sub)
     return parser

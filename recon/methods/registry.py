@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +12,8 @@ import numpy as np
 
 from qmapinr.recon.config import SummitConfig
 from qmapinr.recon.kspace import KSpace6D, QuantMaps
-from qmapinr.recon.methods.subspace import SubspaceConfig
+from qmapinr.recon.methods.subspace import SubspaceConfig, subspace_recon
+from qmapinr.recon.methods.summit.solver import summit_recon
 from qmapinr.recon.physics.dipole import b0_dir_from_geometry
 from qmapinr.recon.qsm.inversion import qsm_from_field
 
@@ -42,24 +43,18 @@ def add_qsm(maps: QuantMaps, kspace: KSpace6D, b0_t: float = 3.0) -> QuantMaps:
 class Method:
     """A registered reconstruction method: its typed config (whose fields are the chain properties) and solver.
 
-    ``solve(kspace, cfg) -> QuantMaps``; ``module``/``function`` name the solver so that importing the registry
-    does not import every method (BART, torch-heavy INR code) up front.
+    ``solve(kspace, cfg) -> QuantMaps``.
     """
 
     name: str
     config: type
-    module: str
-    function: str
+    solve: Callable[[KSpace6D, Any], QuantMaps]
     description: str
-
-    def solve(self, kspace: KSpace6D, cfg: Any) -> QuantMaps:
-        return getattr(importlib.import_module(self.module), self.function)(kspace, cfg)
 
 
 METHODS: dict[str, Method] = {
-    "summit": Method("summit", SummitConfig, "qmapinr.recon.methods.summit.solver", "summit_recon",
-                     "SUMMIT hash-grid INR + Bloch signal model, L1 DC + WNNM"),
-    "baseline": Method("baseline", SubspaceConfig, "qmapinr.recon.methods.subspace", "subspace_recon",
+    "summit": Method("summit", SummitConfig, summit_recon, "SUMMIT hash-grid INR + Bloch signal model, L1 DC + WNNM"),
+    "baseline": Method("baseline", SubspaceConfig, subspace_recon,
                        "temporal-subspace SENSE + 3-D TV (ADMM) + dictionary matching"),
 }
 """The one method registry: method name -> :class:`Method` (chains, server, CLI and bench read it)."""
