@@ -44,7 +44,7 @@ def reconstruct_stage(items: Iterable, header, chain: str, cfg: Any) -> Iterator
             continue
         asi = getattr(header, "acquisitionSystemInformation", None)
         if asi is not None and asi.systemFieldStrength_T:
-            item.meta.setdefault("field_strength_t", float(asi.systemFieldStrength_T))  # QSM's Hz -> ppm
+            item.field_strength_t = float(asi.systemFieldStrength_T)  # QSM's Hz -> ppm
         log.info("%s: reconstructing %d lines x %d echoes x %d coils, matrix %s, R=%.2f", chain, item.nlines,
                  item.seq.nte, item.ncoils, item.geometry.matrix, item.acceleration)
         t0 = time.time()

@@ -370,19 +370,19 @@ def buffer_kspace(items: Iterable, header) -> Iterator:
 def maps_to_images(items: Iterable, header) -> Iterator:
     """Turn every :class:`~qmapinr.recon.kspace.QuantMaps` into ``ismrmrd.Image`` objects (one per map).
 
-    Placement comes from ``qmaps.info['geometry']`` (a :class:`~qmapinr.recon.kspace.Geometry`, set by the
+    Placement comes from ``qmaps.geometry`` (a :class:`~qmapinr.recon.kspace.Geometry`, set by the
     recon stage from ``KSpace6D.geometry``); without it the header's encoded matrix and FOV are used at the
-    isocentre with identity orientation (warning). ``qmaps.info['series_offset']`` (int, default 0) shifts the
+    isocentre with identity orientation (warning). ``qmaps.series_offset`` (int, default 0) shifts the
     image series indices. Other items pass through.
     """
     for item in items:
         if not isinstance(item, QuantMaps):
             yield item
             continue
-        geometry = item.info.get("geometry")
+        geometry = item.geometry
         if not isinstance(geometry, Geometry):
             _, info = parse_header(header)
             geometry = Geometry(matrix=info.matrix, fov_mm=info.fov_mm)
-            logger.warning("QuantMaps.info has no 'geometry'; using the header's matrix/FOV at the isocentre")
-        offset = int(item.info.get("series_offset", 0))
+            logger.warning("QuantMaps has no geometry; using the header's matrix/FOV at the isocentre")
+        offset = item.series_offset
         yield from maps_to_mrd_images(item, geometry, header, series_offset=offset)

@@ -88,6 +88,9 @@ class KSpace6D:
     seq : sequence timing.
     geometry : matrix and placement; ``geometry.matrix`` is (nx, ny, nz).
     noise : complex64 ``(coils, nsamples)`` noise pre-scan samples, or None.
+    field_strength_t : main field B0 in tesla from the header (``systemFieldStrength_T``), or None if not given
+        (QSM then assumes 3 T and says so).
+    meta : free-form extras of the producer (the simulator's shot counter, sample time); no contract between layers.
     """
 
     data: np.ndarray
@@ -98,6 +101,7 @@ class KSpace6D:
     seq: SequenceParams
     geometry: Geometry
     noise: np.ndarray | None = None
+    field_strength_t: float | None = None
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -165,11 +169,15 @@ class QuantMaps:
 
     ``maps`` keys are names of :data:`MAP_UNITS` (T1, T2, T2star in ms; A in a.u.; B0 off-resonance in Hz;
     Phase0 in rad; QSM in ppm; Residual = per-voxel data-consistency residual in a.u.). ``mask`` is the
-    bool ``(nz, ny, nx)`` support used by the solver; ``info`` holds timings and loss history.
+    bool ``(nz, ny, nx)`` support used by the solver; ``geometry`` the placement of the volume (the image
+    emitter falls back to the header's matrix at the isocentre when None); ``series_offset`` is added to every
+    image series index; ``info`` holds method diagnostics (timings, loss history, settings) for logs and benchmarks.
     """
 
     maps: dict[str, np.ndarray]
     mask: np.ndarray | None = None
+    geometry: Geometry | None = None
+    series_offset: int = 0
     info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

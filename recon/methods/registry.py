@@ -71,6 +71,8 @@ def get_method(name: str) -> Method:
 def reconstruct(kspace: KSpace6D, chain: str, cfg: Any) -> QuantMaps:
     """Run the solver of method ``chain`` with its typed ``cfg``; adds QSM and geometry."""
     maps = get_method(chain).solve(kspace, cfg)
-    maps = add_qsm(maps, kspace, b0_t=float(kspace.meta.get("field_strength_t", 3.0)))
-    maps.info["geometry"] = kspace.geometry
+    if kspace.field_strength_t is None:
+        log.info("no systemFieldStrength_T in the header: QSM assumes 3 T")
+    maps = add_qsm(maps, kspace, b0_t=kspace.field_strength_t or 3.0)
+    maps.geometry = kspace.geometry
     return maps

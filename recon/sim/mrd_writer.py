@@ -54,7 +54,7 @@ BLOCK = 4096  # acquisitions per h5py block write
 
 def _header_xml(kspace: KSpace6D, header: xsd.ismrmrdHeader | str | bytes | None) -> str:
     if header is None:
-        b0 = float(kspace.meta.get("b0_t", 3.0))
+        b0 = kspace.field_strength_t or 3.0
         return header_to_xml(build_header(kspace.seq, kspace.geometry, kspace.ncoils, field_strength_t=b0))
     if isinstance(header, bytes):
         return header.rstrip(b"\x00").decode("utf-8")
@@ -188,7 +188,7 @@ def write_mrd(
     Parameters
     ----------
     path : output .h5 file; an existing file is replaced when ``overwrite`` (ismrmrd would append to it).
-    kspace : the measurement; ``meta['shot']``, ``meta['sample_time_us']``, ``meta['b0_t']`` and
+    kspace : the measurement; ``meta['shot']``, ``meta['sample_time_us']``, ``field_strength_t`` and
         ``meta['config']`` are used when present.
     phantom : ground truth to store under ``/qmapinr_truth``, or None.
     header : header to write instead of ``build_header(kspace.seq, kspace.geometry, ncoils)``.

@@ -211,7 +211,7 @@ def simulate(cfg: SimulationConfig) -> tuple[KSpace6D, Phantom]:
     -------
     kspace : :class:`KSpace6D`, lines in acquisition order, data complex64 ``(coils, nte, nlines, nx)``,
         noise pre-scan ``(coils, cfg.noise_samples)`` (None if noiseless); ``meta`` holds 'sigma', 'snr',
-        'mean_signal', 'shot' (int ``(nlines,)``), 'acquisition_order', 'sample_time_us', 'b0_t', 'config'
+        'mean_signal', 'shot' (int ``(nlines,)``), 'acquisition_order', 'sample_time_us', 'config' (B0 in tesla: ``field_strength_t``)
         (dict).
     phantom : the ground truth, with ``sens`` = the coil maps used.
     """
@@ -287,6 +287,7 @@ def simulate(cfg: SimulationConfig) -> tuple[KSpace6D, Phantom]:
         seq=seq,
         geometry=geom,
         noise=noise,
+        field_strength_t=cfg.b0_t,
         meta={
             "sigma": sigma,
             "snr": cfg.snr,
@@ -294,7 +295,6 @@ def simulate(cfg: SimulationConfig) -> tuple[KSpace6D, Phantom]:
             "shot": lines.shot,
             "acquisition_order": lines.order,
             "sample_time_us": cfg.sample_time_us,
-            "b0_t": cfg.b0_t,
             "config": cfg.to_dict(),
         },
     )

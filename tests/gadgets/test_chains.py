@@ -37,7 +37,7 @@ def _capture(monkeypatch):
         seen["cfg"], seen["chain"] = cfg, chain
         nx, ny, nz = kspace.geometry.matrix
         z = np.zeros((nz, ny, nx), np.float32)
-        return QuantMaps(maps={"T1": z + 1000, "T2": z + 80}, mask=z > -1, info={"geometry": kspace.geometry})
+        return QuantMaps(maps={"T1": z + 1000, "T2": z + 80}, mask=z > -1, geometry=kspace.geometry)
 
     monkeypatch.setattr(chains, "reconstruct", fake_reconstruct)
     return seen

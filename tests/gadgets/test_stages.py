@@ -164,7 +164,7 @@ def test_maps_to_images_stage(measurement):
     nx, ny, nz = measurement.geometry.matrix
     shape = (nz, ny, nx)
     qm = QuantMaps({"T1": np.full(shape, 900.0, np.float32), "T2": np.full(shape, 60.0, np.float32)},
-                   info={"geometry": measurement.geometry})
+                   geometry=measurement.geometry)
     out = list(maps_to_images(iter(["x", qm]), measurement.header))
     assert out[0] == "x"
     images = out[1:]

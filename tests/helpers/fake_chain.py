@@ -36,7 +36,7 @@ def fake_maps(ks: KSpace6D) -> QuantMaps:
         "T1": full * ks.nlines, "T2": full * ks.ncoils, "T2star": full * nnoise, "A": mag,
         "B0": full * 0, "Phase0": phase, "Residual": full,
     }
-    return QuantMaps(maps=maps, mask=mag > 0, info={"geometry": ks.geometry})
+    return QuantMaps(maps=maps, mask=mag > 0, geometry=ks.geometry)
 
 
 def fake_recon(items, header):
