@@ -211,8 +211,8 @@ def simulate(cfg: SimulationConfig) -> tuple[KSpace6D, Phantom]:
     -------
     kspace : :class:`KSpace6D`, lines in acquisition order, data complex64 ``(coils, nte, nlines, nx)``,
         noise pre-scan ``(coils, cfg.noise_samples)`` (None if noiseless); ``meta`` holds 'sigma', 'snr',
-        'mean_signal', 'shot' (int ``(nlines,)``), 'acquisition_order', 'sample_time_us', 'config' (B0 in tesla: ``field_strength_t``)
-        (dict).
+        'mean_signal', 'shot' (int ``(nlines,)``), 'acquisition_order', 'sample_time_us', 'config' (dict);
+        B0 in tesla in ``field_strength_t``.
     phantom : the ground truth, with ``sens`` = the coil maps used.
     """
     seq, geom = cfg.seq, cfg.geometry
