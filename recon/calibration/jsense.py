@@ -25,6 +25,7 @@ from qmapinr.recon.kspace import KSpace6D
 from qmapinr.recon.optim.cg import conjugate_gradient
 from qmapinr.recon.optim.power import power_iteration
 from qmapinr.recon.physics.fft import fftc, ifftc, readout_ifft
+from qmapinr.recon.physics.linop import LinearOperator
 from qmapinr.recon.physics.sense import SenseSubspaceOp
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def _block(n: int, w: int) -> slice:
     return slice(start, start + w)
 
 
-class _LowRes:
+class _LowRes(LinearOperator):
     """``sigma (C, wz, wy, wx)`` <-> maps ``(nx, C, nz, ny)`` through a centred k-space block (unitary)."""
 
     def __init__(self, shape_zyx: tuple[int, int, int], width: tuple[int, int, int]):

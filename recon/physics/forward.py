@@ -21,10 +21,11 @@ import torch
 
 from qmapinr.recon.kspace import SequenceParams
 from qmapinr.recon.physics.fft import fftc, ifftc
+from qmapinr.recon.physics.linop import LinearOperator
 from qmapinr.recon.physics.signal import echo_factors, prep_coefficients, signal, steady_state_terms
 
 
-class LineSubspaceOp:
+class LineSubspaceOp(LinearOperator):
     """Linear map ``coeff (..., natoms, nz, ny) -> lines (..., nlines)``.
 
     ``y_l = sum_a basis[tau_l, seg_l, a] * FFT2(coeff[..., a, :, :])[kz_l, ky_l]`` with the centred unitary FFT.

@@ -13,6 +13,7 @@ import torch
 
 from qmapinr.recon.kspace import KSpace6D
 from qmapinr.recon.physics.forward import LineSubspaceOp
+from qmapinr.recon.physics.linop import LinearOperator
 
 
 def temporal_psf(basis: torch.Tensor, kspace: KSpace6D) -> torch.Tensor:
@@ -34,7 +35,7 @@ def temporal_psf(basis: torch.Tensor, kspace: KSpace6D) -> torch.Tensor:
     return torch.zeros(nz * ny, k, k, dtype=basis.dtype).index_add_(0, sp, outer)
 
 
-class SenseSubspaceOp:
+class SenseSubspaceOp(LinearOperator):
     """``x (nx, nte, K, nz, ny) -> lines (nx, C, nte, nlines)``: coil maps, 2-D FFT, basis, line selection.
 
     Parameters

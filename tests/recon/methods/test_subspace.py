@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from adjoint import assert_adjoint  # tests/helpers
 from scipy.ndimage import binary_erosion
 from synthetic import tiny_dataset  # tests/helpers
 
@@ -45,12 +46,7 @@ def _rand(shape, seed):
 def test_sense_operator_adjoint_and_normal(op_and_data):
     op, y = op_and_data
     assert op.bx < op.shape[0]  # the batching over x is exercised
-    x, r = _rand(op.shape, 0), _rand(y.shape, 1)
-    lhs = torch.vdot(op.forward(x).flatten(), r.flatten())
-    rhs = torch.vdot(x.flatten(), op.adjoint(r).flatten())
-    assert abs(lhs - rhs) < 1e-4 * abs(lhs)
-    n1, n2 = op.normal(x), op.adjoint(op.forward(x))
-    assert float((n1 - n2).abs().max()) < 1e-4 * float(n2.abs().max())
+    assert_adjoint(op, tuple(op.shape), tuple(y.shape), dtype=torch.complex64, rtol=1e-4)
 
 
 def test_tv_gradient_adjoint_and_shrink():
