@@ -59,8 +59,10 @@ def make_points(n_points: int, kind: str, seed: int = 0) -> torch.Tensor:
 
 def bench_one(cfg: HashGridConfig, mode: str, x: torch.Tensor, repeats: int,
               seed: int = 0) -> dict[str, float]:
-    """Time one config in one gradient mode on points x (N, 3): ms for fwd, fwd_bwd, step, total; params."""
+    """Time one config in one gradient mode on points x (N, 3): ms for fwd, fwd_bwd, step, total; params;
+    ``rows_updated``, the fraction of table rows the timed optimiser steps changed (the steps really ran)."""
     enc = HashEncoding(cfg, sparse_grad=(mode == "sparse-adam"), seed=seed)
+    table0 = enc.table.detach().clone()
     if mode == "sparse-adam":
         opt: torch.optim.Optimizer = torch.optim.SparseAdam([enc.table], lr=1e-3)
     else:
@@ -89,6 +91,7 @@ def bench_one(cfg: HashGridConfig, mode: str, x: torch.Tensor, repeats: int,
     out["step"] = _best_ms(step, repeats)
     out["total"] = _best_ms(total, repeats)
     out["params"] = float(enc.table.numel())
+    out["rows_updated"] = float((enc.table.detach() != table0).any(dim=-1).float().mean())  # fraction of rows
     out["dense_levels"] = float(enc.dense_levels)
     return out
 

@@ -23,6 +23,8 @@ def test_bench_runs_end_to_end_on_a_tiny_case(tmp_path, capsys):
         assert r["error"] is None
         assert set(r["nrmse_mask"]) == {"T1", "T2", "T2star", "A"}
         assert all(np.isfinite(v) and v >= 0 for v in r["nrmse_mask"].values())
+        # maps of zeros score NRMSE 1.0 exactly: every method must do better on WM+GM T1 and T2 after 2 epochs
+        assert r["nrmse_wmgm"]["T1"] < 0.9 and r["nrmse_wmgm"]["T2"] < 0.9, (r["method"], r["nrmse_wmgm"])
         assert r["seconds"] > 0
     summit = rows[0]
     assert len(summit["curve"]) >= 1 and summit["time_to_quality_s"] is not None

@@ -17,7 +17,8 @@ def test_bench_one_reports_times_and_params(mode):
     r = bench_one(cfg, mode, make_points(300, "uniform"), repeats=1)
     assert r["params"] == (27 + 125 + 256) * 2 and r["dense_levels"] == 2
     for key in ("fwd", "fwd_bwd", "step", "total"):
-        assert 0 < r[key] < 10_000
+        assert r[key] > 0 and torch.isfinite(torch.tensor(r[key]))
+    assert 0.2 < r["rows_updated"] <= 1.0  # 300 points touch most rows of every level; the steps were applied
 
 
 def test_make_points_planes_are_voxel_centres_of_x_planes():
