@@ -34,6 +34,32 @@ class HashGridConfig:
 
 
 @dataclass(frozen=True)
+class DictionaryFitConfig:
+    """Dictionary-matching settings shared by the dictionary-based methods (subspace baseline, BART peer).
+
+    Log-spaced T1 and T2 grids (ms) of the signal dictionary, parabolic sub-grid refinement of the matched values,
+    and the support threshold (fraction of the maximum coefficient-image magnitude).
+    """
+
+    t1_min_ms: float = 100.0
+    t1_max_ms: float = 5000.0
+    n_t1: int = 80
+    t2_min_ms: float = 10.0
+    t2_max_ms: float = 2500.0
+    n_t2: int = 60
+    refine: bool = True
+    mask_threshold: float = 0.05
+
+    @property
+    def t1_range_ms(self) -> tuple[float, float]:
+        return (self.t1_min_ms, self.t1_max_ms)
+
+    @property
+    def t2_range_ms(self) -> tuple[float, float]:
+        return (self.t2_min_ms, self.t2_max_ms)
+
+
+@dataclass(frozen=True)
 class SummitConfig:
     """SUMMIT INR reconstruction settings. Defaults are CPU-sized; the paper's are listed in design.md.
 

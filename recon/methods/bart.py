@@ -32,6 +32,7 @@ import numpy as np
 
 from qmapinr.recon.calibration.coilmaps import averaged_kspace, calibration_box, estimate_coil_maps
 from qmapinr.recon.calibration.jsense import refine_coil_maps
+from qmapinr.recon.config import DictionaryFitConfig
 from qmapinr.recon.kspace import KSpace6D, QuantMaps
 from qmapinr.recon.physics.dictionary import coefficients_to_maps, default_dictionary
 
@@ -238,7 +239,7 @@ def bart_subspace_recon(
 
 
 @dataclass(frozen=True)
-class BartConfig:
+class BartConfig(DictionaryFitConfig):
     """Settings of :func:`bart_recon` (grids in ms as for :class:`SubspaceConfig`)."""
 
     rank: int = 4
@@ -253,14 +254,6 @@ class BartConfig:
     # ecalib input: "contrast" (sign-aware LS combination over (tau, n); ESPIRiT maps median alignment 0.996
     # on the tiny object) or "avg" (plain `bart avg -w`: 0.91, and the T1 maps fail)
     calib_data: str = "contrast"
-    t1_min_ms: float = 100.0
-    t1_max_ms: float = 5000.0
-    n_t1: int = 80
-    t2_min_ms: float = 10.0
-    t2_max_ms: float = 2500.0
-    n_t2: int = 60
-    refine: bool = True
-    mask_threshold: float = 0.05
 
 
 def bart_recon(kspace: KSpace6D, cfg: BartConfig = BartConfig(), sens: np.ndarray | None = None) -> QuantMaps:
@@ -269,8 +262,7 @@ def bart_recon(kspace: KSpace6D, cfg: BartConfig = BartConfig(), sens: np.ndarra
     ``sens`` (``(C, nz, ny, nx)``) overrides ``cfg.coil_maps``. Phase0 is relative to the phase of the maps.
     """
     t0 = time.perf_counter()
-    dictionary = default_dictionary(kspace.seq, (cfg.t1_min_ms, cfg.t1_max_ms), cfg.n_t1,
-                                    (cfg.t2_min_ms, cfg.t2_max_ms), cfg.n_t2)
+    dictionary = default_dictionary(kspace.seq, cfg.t1_range_ms, cfg.n_t1, cfg.t2_range_ms, cfg.n_t2)
     basis, emax, emean = dictionary.svd_basis(cfg.rank)
     if sens is None and cfg.coil_maps == "qmapinr":
         sens, _ = refine_coil_maps(kspace, estimate_coil_maps(kspace), basis)

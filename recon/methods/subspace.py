@@ -34,6 +34,7 @@ import torch
 
 from qmapinr.recon.calibration.coilmaps import coil_compress, estimate_coil_maps
 from qmapinr.recon.calibration.jsense import refine_coil_maps
+from qmapinr.recon.config import DictionaryFitConfig
 from qmapinr.recon.kspace import KSpace6D, QuantMaps
 from qmapinr.recon.optim.cg import conjugate_gradient
 from qmapinr.recon.optim.power import power_iteration
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SubspaceConfig:
+class SubspaceConfig(DictionaryFitConfig):
     """Settings of :func:`subspace_recon` (times in ms; ``lam_tv``, ``rho`` relative, see module doc).
 
     ``rank``: each (ky, kz) location is sampled at most once per tau, so the K coefficients of a location are
@@ -59,20 +60,12 @@ class SubspaceConfig:
     cg_iters: int = 6
     init_cg_iters: int = 10
     rho: float = 0.05
-    t1_min_ms: float = 100.0
-    t1_max_ms: float = 5000.0
-    n_t1: int = 80
-    t2_min_ms: float = 10.0
-    t2_max_ms: float = 2500.0
-    n_t2: int = 60
-    refine: bool = True  # parabolic sub-grid refinement of the matched T1, T2
     virtual_coils: int = 0  # 0 = no coil compression
     coil_method: str = "ratio"  # estimate_coil_maps method
     coil_refine_iters: int = 4  # JSENSE alternations refining the estimated maps (0 = off)
     coil_width_z: int = 8  # k-space block (kz, ky, kx) parametrising the refined maps
     coil_width_y: int = 10
     coil_width_x: int = 10
-    mask_threshold: float = 0.05
     batch_bytes: int = 256 * 2**20  # working set of one batch of x positions in the normal operator
     seed: int = 0
     threads: int = 0  # torch CPU threads (0 = leave as is)
@@ -212,8 +205,7 @@ def subspace_recon(kspace: KSpace6D, cfg: SubspaceConfig = SubspaceConfig(), sen
         if sens is not None:
             sens = np.einsum("vc,czyx->vzyx", mat, sens)
     if dictionary is None:
-        dictionary = default_dictionary(kspace.seq, (cfg.t1_min_ms, cfg.t1_max_ms), cfg.n_t1,
-                                        (cfg.t2_min_ms, cfg.t2_max_ms), cfg.n_t2)
+        dictionary = default_dictionary(kspace.seq, cfg.t1_range_ms, cfg.n_t1, cfg.t2_range_ms, cfg.n_t2)
     basis, emax, emean = dictionary.svd_basis(cfg.rank)
     log.info("subspace rank %d: dictionary projection error max %.3g, mean %.3g", cfg.rank, emax, emean)
     t_dict = time.perf_counter() - t0
