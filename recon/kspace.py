@@ -10,8 +10,12 @@ design.md for small problems and for tests.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
+
+PrepLoopOrder = Literal["tau-outer", "shot-outer"]
+PREP_LOOP_ORDERS: tuple[str, ...] = get_args(PrepLoopOrder)
 
 
 @dataclass(frozen=True)
@@ -27,8 +31,10 @@ class SequenceParams:
     nseg : readouts per segment after each preparation (``idx.segment`` = 0..nseg-1).
     inversion_efficiency : B of the signal model (-1 = perfect inversion).
     prep_loop_order : ``None`` (closed form: steady state before every preparation, as in the paper),
-        ``"tau-outer"`` or ``"shot-outer"``.
-    recovery_delay_ms : free recovery between the end of a segment and the next preparation.
+        ``"tau-outer"`` or ``"shot-outer"`` (sequence history, :mod:`qmapinr.recon.physics.signal`).
+    recovery_delay_ms : free recovery between the end of a segment and the next preparation (>= 0).
+    prep_dummies : dummy preparations (segments without acquisition) before the first acquired shot
+        (shot-outer) or before every tau block (tau-outer); >= 0.
     """
 
     tr_ms: float
@@ -37,8 +43,17 @@ class SequenceParams:
     tau_ms: tuple[float, ...]
     nseg: int
     inversion_efficiency: float = -1.0
-    prep_loop_order: str | None = None
+    prep_loop_order: PrepLoopOrder | None = None
     recovery_delay_ms: float = 0.0
+    prep_dummies: int = 0
+
+    def __post_init__(self) -> None:
+        if self.prep_loop_order is not None and self.prep_loop_order not in PREP_LOOP_ORDERS:
+            raise ValueError(f"prep_loop_order={self.prep_loop_order!r}; expected None or one of {PREP_LOOP_ORDERS}")
+        if not self.recovery_delay_ms >= 0.0:
+            raise ValueError(f"recovery_delay_ms={self.recovery_delay_ms} must be >= 0")
+        if int(self.prep_dummies) != self.prep_dummies or self.prep_dummies < 0:
+            raise ValueError(f"prep_dummies={self.prep_dummies} must be an integer >= 0")
 
     @property
     def nte(self) -> int:

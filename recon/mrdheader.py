@@ -64,10 +64,11 @@ def build_header(
     doubles = [xsd.userParameterDoubleType(name=f"T2PrepDuration_{i}", value=float(t)) for i, t in
                enumerate(seq.tau_ms)]
     doubles.append(xsd.userParameterDoubleType(name="InversionEfficiency", value=float(seq.inversion_efficiency)))
-    strings = []
+    strings, longs = [], []
     if seq.prep_loop_order:
         strings.append(xsd.userParameterStringType(name="PrepLoopOrder", value=seq.prep_loop_order))
         doubles.append(xsd.userParameterDoubleType(name="RecoveryDelay_ms", value=float(seq.recovery_delay_ms)))
+        longs.append(xsd.userParameterLongType(name="PrepDummyShots", value=int(seq.prep_dummies)))
     for k, v in (extra_strings or {}).items():
         strings.append(xsd.userParameterStringType(name=k, value=v))
     return xsd.ismrmrdHeader(
@@ -83,7 +84,8 @@ def build_header(
             TR=[float(seq.tr_ms)], TE=[float(t) for t in seq.te_ms], flipAngle_deg=[float(seq.flip_deg)],
             sequence_type="T2IR-prepared multi-echo GRE",
         ),
-        userParameters=xsd.userParametersType(userParameterDouble=doubles, userParameterString=strings),
+        userParameters=xsd.userParametersType(userParameterDouble=doubles, userParameterString=strings,
+                                              userParameterLong=longs),
     )
 
 
@@ -115,6 +117,7 @@ def parse_header(header: xsd.ismrmrdHeader | str | bytes) -> tuple[SequenceParam
     up = header.userParameters
     doubles = {p.name: p.value for p in (up.userParameterDouble if up else [])}
     strings = {p.name: p.value for p in (up.userParameterString if up else [])}
+    longs = {p.name: p.value for p in (up.userParameterLong if up else [])}
     lim = enc.encodingLimits
     nset = (lim.set.maximum + 1) if (lim is not None and lim.set is not None) else None
     taus = []
@@ -134,6 +137,10 @@ def parse_header(header: xsd.ismrmrdHeader | str | bytes) -> tuple[SequenceParam
     order = strings.get("PrepLoopOrder")
     if order not in (None, "tau-outer", "shot-outer"):
         raise HeaderError(f"userParameterString PrepLoopOrder={order!r}; expected 'tau-outer' or 'shot-outer'")
+    delay = float(doubles.get("RecoveryDelay_ms", 0.0))
+    dummies = int(longs.get("PrepDummyShots", 0))
+    if delay < 0 or dummies < 0:
+        raise HeaderError(f"RecoveryDelay_ms={delay} and PrepDummyShots={dummies} must be >= 0")
     seq = SequenceParams(
         tr_ms=float(sp.TR[0]),
         te_ms=tuple(float(t) for t in sp.TE),
@@ -142,7 +149,8 @@ def parse_header(header: xsd.ismrmrdHeader | str | bytes) -> tuple[SequenceParam
         nseg=int(lim.segment.maximum) + 1,
         inversion_efficiency=float(doubles.get("InversionEfficiency", -1.0)),
         prep_loop_order=order,
-        recovery_delay_ms=float(doubles.get("RecoveryDelay_ms", 0.0)),
+        recovery_delay_ms=delay,
+        prep_dummies=dummies,
     )
     if lim.contrast is not None and lim.contrast.maximum + 1 != seq.nte:
         raise HeaderError(

@@ -30,14 +30,22 @@ def add_sim_arguments(p: argparse.ArgumentParser, shape: str = "8,32,32") -> Non
     p.add_argument("--R", type=float, default=4.0, help="acceleration Ny*Nz/lines per tau (default %(default)s)")
     p.add_argument("--snr", type=float, default=30.0, help="SNR; 0 = noiseless (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of phantom, coils, sampling, noise")
-    p.add_argument("--phantom", choices=["brain", "nist"], default="brain")
+    p.add_argument("--phantom", choices=["brain", "nist", "shepp-logan"], default="brain")
     p.add_argument("--preset", choices=["demo", "paper-sim", "phantom"], default="demo",
                    help="sequence timing preset (design.md; default %(default)s)")
     p.add_argument("--nseg", type=int, default=None, help="readouts per segment (overrides the preset)")
+    p.add_argument("--loop-order", choices=["shot-outer", "tau-outer", "closed-form"], default="shot-outer",
+                   help="preparation loop simulated with its exact sequence history, or the paper's closed form "
+                        "(default %(default)s)")
+    p.add_argument("--recovery-delay-ms", type=float, default=0.0, help="free recovery before each preparation")
+    p.add_argument("--no-calib", action="store_true",
+                   help="pure variable-density sampling, no fully sampled 3x3 centre")
 
 
 def sim_config(args: argparse.Namespace):
     from qmapinr.recon.sim.simulate import SimulationConfig
 
     return SimulationConfig(shape=args.shape, ncoils=args.coils, R=args.R, snr=args.snr or None, seed=args.seed,
-                            phantom=args.phantom, preset=args.preset, nseg=args.nseg)
+                            phantom=args.phantom, preset=args.preset, nseg=args.nseg,
+                            prep_loop_order=None if args.loop_order == "closed-form" else args.loop_order,
+                            recovery_delay_ms=args.recovery_delay_ms, calib=(0, 0) if args.no_calib else (3, 3))

@@ -130,10 +130,10 @@ def build_dictionary(
     """Simulate the recovery-curve atoms on the full ``t1_grid x t2_grid`` product (ms).
 
     Atoms are ``signal(A=1, T1, T2, T2*, phi0=0, df=0)`` at TE = 0, i.e. ``sin(alpha) ss [1 - c_tau q^n]``,
-    so the fitted per-echo amplitude is ``A e^{-TE/T2*}`` directly. The preparation model (closed form or
-    tau-outer fixed point) follows ``seq.prep_loop_order`` ("shot-outer" falls back to the closed form, with a
-    warning). ``t2s_grid`` (ms) switches the T2* estimate from
-    the log-linear fit to matching against ``exp(-TE/T2*)``.
+    so the fitted per-echo amplitude is ``A e^{-TE/T2*}`` directly. The preparation model follows
+    ``seq.prep_loop_order``: the paper's closed form (None) or the periodic steady state of the declared
+    tau-outer / shot-outer loop (:mod:`qmapinr.recon.physics.signal`). ``t2s_grid`` (ms) switches the T2*
+    estimate from the log-linear fit to matching against ``exp(-TE/T2*)``.
     """
     t1g = np.sort(np.asarray(t1_grid, dtype=np.float64))
     t2g = np.sort(np.asarray(t2_grid, dtype=np.float64))
@@ -142,10 +142,6 @@ def build_dictionary(
     t1 = np.repeat(t1g, t2g.size)
     t2 = np.tile(t2g, t1g.size)
     seq0 = dataclasses.replace(seq, te_ms=(0.0,))
-    if seq.prep_loop_order == "shot-outer":
-        log.warning("prep_loop_order 'shot-outer' has no closed-form signal; the dictionary uses the paper's "
-                    "closed form (steady state before every preparation) as an approximation")
-        seq0 = dataclasses.replace(seq0, prep_loop_order=None)
     tt1, tt2 = torch.from_numpy(t1), torch.from_numpy(t2)
     one, zero = torch.ones_like(tt1), torch.zeros_like(tt1)
     s = signal(one, tt1, tt2, one, zero, zero, seq0)[:, 0]  # (natoms, ntau, nseg) complex, imag = 0

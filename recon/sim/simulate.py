@@ -1,9 +1,16 @@
 """Seeded simulation of an undersampled 3-D T2IR-prepared multi-echo GRE acquisition.
 
-``simulate(cfg)`` builds the phantom, coil maps and sampling pattern, evaluates the closed-form signal of
-:mod:`qmapinr.recon.physics.signal` per voxel (its ``steady_state_terms``, ``prep_coefficients`` and
-``echo_factors``, assembled exactly as ``signal()`` does, one (tau, n) at a time to stay memory-light),
-multiplies by the coil maps, applies the centred unitary 3-D FFT and keeps the sampled (ky, kz) lines.
+``simulate(cfg)`` builds the phantom, coil maps and sampling pattern, evaluates the signal of
+:mod:`qmapinr.recon.physics.signal` per voxel (its ``steady_state_terms``, ``shot_coefficients`` and
+``echo_factors``, one (tau, n) at a time to stay memory-light), multiplies by the coil maps, applies the
+centred unitary 3-D FFT and keeps the sampled (ky, kz) lines.
+
+Sequence history: by default (``prep_loop_order='shot-outer'``, what a scanner does when it cycles the
+T2-prep durations) every shot's pre-preparation magnetisation is the *exact* one of the acquisition as played:
+the scan starts at thermal equilibrium, plays ``prep_dummies`` dummy preparations (default: one full cycle of
+all tau) and then the acquired shots in their true time order (``Lines.shot``), each starting where the
+previous segment ended. Shots whose magnetisation still differs from the periodic steady state (the start-up
+transient) get their own FFT. ``prep_loop_order=None`` reproduces the paper's closed form (the former default).
 
 SNR definition: ``SNR = mean |S| / sigma`` where the mean runs over the object mask (``Phantom.mask``) and all
 (n, tau, TE) of the noiseless image-domain signal ``S`` (coil-combined: the coil maps have unit
@@ -23,10 +30,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from qmapinr.recon.kspace import Geometry, KSpace6D, SequenceParams
-from qmapinr.recon.physics.signal import echo_factors, prep_coefficients, steady_state_terms
+from qmapinr.recon.kspace import PREP_LOOP_ORDERS, Geometry, KSpace6D, SequenceParams
+from qmapinr.recon.physics.signal import echo_factors, prep_coefficients, shot_coefficients, steady_state_terms
 from qmapinr.recon.sim.coils import coil_sensitivities
 from qmapinr.recon.sim.phantom import Phantom, brain_phantom, nist_phantom
+from qmapinr.recon.sim.shepp_logan import shepp_logan_phantom
 from qmapinr.recon.sim.sampling import vd_gaussian_lines
 
 log = logging.getLogger(__name__)
@@ -57,7 +65,8 @@ PRESETS: dict[str, dict] = {
         "nseg": 32,
     },
 }
-PHANTOMS = {"brain": brain_phantom, "nist": nist_phantom}
+PHANTOMS = {"brain": brain_phantom, "nist": nist_phantom, "shepp-logan": shepp_logan_phantom}
+TRANSIENT_TOL = 1e-7  # |c_shot - c_tau| below which a shot is simulated with the periodic steady state
 MAX_FFT_ELEMENTS = 1 << 24  # coil chunking of the per-(tau, n) FFT (complex64: 128 MB)
 
 
@@ -76,11 +85,15 @@ class SimulationConfig:
     preset : sequence preset, a key of :data:`PRESETS` ('paper-sim', 'phantom', 'demo').
     nseg : readouts per segment, overriding the preset's.
     fov_mm : (x, y, z) field of view; default (220, 220, 4 * nz), i.e. 4 mm slab partitions.
-    prep_loop_order : None (closed form, steady state before every preparation; shots acquired shot-outer) or
-        'tau-outer' (signal with the tau-outer fixed point; shots acquired tau-outer).
-    recovery_delay_ms : free recovery before each preparation (only used with 'tau-outer').
+    prep_loop_order : 'shot-outer' (default; exact sequence history, every shot cycles through all tau),
+        'tau-outer' (exact history, all shots of one tau before the next) or None (the paper's closed form,
+        steady state before every preparation; shots acquired shot-outer). Written to the header.
+    recovery_delay_ms : free recovery before each preparation (with a loop order; written to the header).
+    prep_dummies : dummy preparations before the first acquired shot (shot-outer) or before every tau block
+        (tau-outer); None = one full cycle of all tau (shot-outer) or one per block (tau-outer).
     inversion_efficiency : B of the signal model.
-    sigma_frac, calib : sampling density width and fully sampled centre (see :mod:`.sampling`).
+    sigma_frac, calib : sampling density width and fully sampled centre (see :mod:`.sampling`); ``calib=(0, 0)``
+        is pure variable-density sampling without a calibration block.
     noise_samples : samples per coil of the noise pre-scan.
     sample_time_us : readout dwell time written to the acquisition headers.
     b0_t : field strength (T).
@@ -95,8 +108,9 @@ class SimulationConfig:
     preset: str = "demo"
     nseg: int | None = None
     fov_mm: tuple[float, float, float] | None = None
-    prep_loop_order: str | None = None
+    prep_loop_order: str | None = "shot-outer"
     recovery_delay_ms: float = 0.0
+    prep_dummies: int | None = None
     inversion_efficiency: float = -1.0
     sigma_frac: float = 0.3
     calib: tuple[int, int] = (3, 3)
@@ -109,10 +123,8 @@ class SimulationConfig:
             raise ValueError(f"preset={self.preset!r}; known: {sorted(PRESETS)}")
         if self.phantom not in PHANTOMS:
             raise ValueError(f"phantom={self.phantom!r}; known: {sorted(PHANTOMS)}")
-        if self.prep_loop_order not in (None, "tau-outer"):
-            raise ValueError(
-                f"prep_loop_order={self.prep_loop_order!r}; the simulator supports None or 'tau-outer'"
-            )
+        if self.prep_loop_order is not None and self.prep_loop_order not in PREP_LOOP_ORDERS:
+            raise ValueError(f"prep_loop_order={self.prep_loop_order!r}; expected None or one of {PREP_LOOP_ORDERS}")
         if len(self.shape) != 3:
             raise ValueError(f"shape={self.shape} must be (nz, ny, nx)")
 
@@ -128,7 +140,13 @@ class SimulationConfig:
             inversion_efficiency=self.inversion_efficiency,
             prep_loop_order=self.prep_loop_order,
             recovery_delay_ms=self.recovery_delay_ms if self.prep_loop_order else 0.0,
+            prep_dummies=self._dummies(len(p["tau_ms"])) if self.prep_loop_order else 0,
         )
+
+    def _dummies(self, ntau: int) -> int:
+        if self.prep_dummies is not None:
+            return int(self.prep_dummies)
+        return ntau if self.prep_loop_order == "shot-outer" else 1
 
     @property
     def geometry(self) -> Geometry:
@@ -138,7 +156,7 @@ class SimulationConfig:
 
     @property
     def acquisition_order(self) -> str:
-        return "tau-outer" if self.prep_loop_order == "tau-outer" else "shot-outer"
+        return self.prep_loop_order or "shot-outer"
 
     def to_dict(self) -> dict:
         """JSON-ready dict (tuples become lists)."""
@@ -155,18 +173,22 @@ class SimulationConfig:
 
 
 def tiny_fixture_config() -> SimulationConfig:
-    """The config of ``tests/data/tiny.h5`` (see tests/data/README.md)."""
+    """The config of ``tests/data/tiny.h5`` (see tests/data/README.md; closed-form signal, as written)."""
     return SimulationConfig(
-        shape=(4, 16, 16), ncoils=2, R=2.0, snr=30.0, seed=1, phantom="brain", preset="demo", nseg=8
+        shape=(4, 16, 16), ncoils=2, R=2.0, snr=30.0, seed=1, phantom="brain", preset="demo", nseg=8,
+        prep_loop_order=None,
     )
 
 
 @dataclass
 class VoxelFactors:
-    """Per-voxel closed-form pieces over the mask: ``S(te, tau, n) = hs[:, te] (1 - c[:, tau] q^n)``.
+    """Per-voxel signal pieces over the mask: ``S(te, tau, n) = hs[:, te] (1 - c[:, tau] q^n)``.
 
     ``index`` int64 ``(nv,)`` flat voxel indices into (nz, ny, nx); ``hs`` complex128 ``(nv, nte)`` = h_TE *
-    ss; ``c`` float64 ``(nv, ntau)``; ``q`` float64 ``(nv,)``.
+    ss; ``c`` float64 ``(nv, ntau)`` (periodic steady state); ``q`` float64 ``(nv,)``; ``c_shot`` float64
+    ``(nv, nshots)`` the exact coefficient of every acquired shot (start-up transient included) or None;
+    ``transient`` bool ``(nshots,)``: shots whose ``c_shot`` differs from ``c`` of their tau by more than
+    :data:`TRANSIENT_TOL` somewhere.
     """
 
     index: np.ndarray
@@ -174,10 +196,13 @@ class VoxelFactors:
     c: torch.Tensor
     q: torch.Tensor
     shape: tuple[int, int, int]
+    c_shot: torch.Tensor | None = None
+    transient: np.ndarray | None = None
 
-    def values(self, tau_index: int, n: int) -> torch.Tensor:
-        """complex128 ``(nv, nte)`` signal of every masked voxel at (tau_index, n)."""
-        return self.hs * (1.0 - self.c[:, tau_index] * self.q**n)[:, None]
+    def values(self, tau_index: int, n: int, shot: int | None = None) -> torch.Tensor:
+        """complex128 ``(nv, nte)`` signal of every masked voxel at (tau_index, n) (of acquired ``shot``)."""
+        c = self.c[:, tau_index] if shot is None else self.c_shot[:, shot]
+        return self.hs * (1.0 - c * self.q**n)[:, None]
 
     def image(self, tau_index: int, n: int) -> np.ndarray:
         """complex64 ``(nte, nz, ny, nx)`` signal image at (tau_index, n), zero outside the mask."""
@@ -190,8 +215,12 @@ class VoxelFactors:
         return out.reshape((values.shape[1],) + self.shape)
 
 
-def voxel_factors(phantom: Phantom, seq: SequenceParams) -> VoxelFactors:
-    """Closed-form building blocks of :mod:`qmapinr.recon.physics.signal` over ``phantom.mask``."""
+def voxel_factors(phantom: Phantom, seq: SequenceParams, shot_tau: np.ndarray | None = None) -> VoxelFactors:
+    """Signal building blocks of :mod:`qmapinr.recon.physics.signal` over ``phantom.mask``.
+
+    ``shot_tau`` int ``(nshots,)``: tau index of every acquired shot in time order; given, the exact per-shot
+    coefficients (sequence history from thermal equilibrium, dummies included) are computed too.
+    """
     index = np.flatnonzero(phantom.mask.ravel())
 
     def get(name: str) -> torch.Tensor:
@@ -201,7 +230,13 @@ def voxel_factors(phantom: Phantom, seq: SequenceParams) -> VoxelFactors:
     ss, q = steady_state_terms(t1, seq)
     c = prep_coefficients(t1, t2, seq)
     h = echo_factors(get("A"), get("T2star"), get("Phase0"), get("B0"), seq)
-    return VoxelFactors(index=index, hs=h * ss[:, None], c=c, q=q, shape=phantom.shape)
+    fac = VoxelFactors(index=index, hs=h * ss[:, None], c=c, q=q, shape=phantom.shape)
+    if shot_tau is not None:
+        shot_tau = np.asarray(shot_tau, dtype=np.int64)
+        fac.c_shot = shot_coefficients(t1, t2, seq, shot_tau)
+        dev = (fac.c_shot - c[:, torch.from_numpy(shot_tau)]).abs()
+        fac.transient = (dev.amax(0) > TRANSIENT_TOL).numpy() if index.size else np.zeros(shot_tau.size, bool)
+    return fac
 
 
 def simulate(cfg: SimulationConfig) -> tuple[KSpace6D, Phantom]:
@@ -234,7 +269,9 @@ def simulate(cfg: SimulationConfig) -> tuple[KSpace6D, Phantom]:
         calib=cfg.calib,
         order=cfg.acquisition_order,
     )
-    fac = voxel_factors(phantom, seq)
+    shot_tau = np.zeros(int(lines.shot.max()) + 1 if lines.nlines else 0, dtype=np.int64)
+    shot_tau[lines.shot] = lines.tau
+    fac = voxel_factors(phantom, seq, shot_tau)
     data = np.zeros((cfg.ncoils, seq.nte, lines.nlines, nx), dtype=np.complex64)
     # The centred FFT is fftshift(fftn(ifftshift(x))): scatter the voxels straight to their ifftshift-ed
     # places (and shift the coil maps once), gather the lines at their un-shifted k indices and fftshift
@@ -250,15 +287,17 @@ def simulate(cfg: SimulationConfig) -> tuple[KSpace6D, Phantom]:
         for n in range(seq.nseg):
             vals = fac.values(t, n)  # (nv, nte)
             abs_sum += float(vals.abs().sum())
-            pos = np.flatnonzero((lines.tau == t) & (lines.seg == n))
-            if pos.size == 0:
-                continue
-            img[:, idx_sh] = vals.T.numpy()
-            img_t = torch.from_numpy(img.reshape((1, seq.nte) + tuple(cfg.shape)))
-            kz, ky = torch.from_numpy(kz_sh[pos]), torch.from_numpy(ky_sh[pos])
-            for c0 in range(0, cfg.ncoils, cchunk):
-                k = torch.fft.fftn(img_t * sens_t[c0 : c0 + cchunk], dim=(-3, -2, -1), norm="ortho")
-                data[c0 : c0 + cchunk, :, pos, :] = np.fft.fftshift(k[:, :, kz, ky, :].numpy(), axes=-1)
+            group = np.flatnonzero((lines.tau == t) & (lines.seg == n))
+            # lines of start-up-transient shots get their own signal; the others share the periodic one
+            cls = np.where(fac.transient[lines.shot[group]], lines.shot[group], -1)
+            for shot in np.unique(cls):
+                pos = group[cls == shot]
+                img[:, idx_sh] = (vals if shot < 0 else fac.values(t, n, int(shot))).T.numpy()
+                img_t = torch.from_numpy(img.reshape((1, seq.nte) + tuple(cfg.shape)))
+                kz, ky = torch.from_numpy(kz_sh[pos]), torch.from_numpy(ky_sh[pos])
+                for c0 in range(0, cfg.ncoils, cchunk):
+                    k = torch.fft.fftn(img_t * sens_t[c0 : c0 + cchunk], dim=(-3, -2, -1), norm="ortho")
+                    data[c0 : c0 + cchunk, :, pos, :] = np.fft.fftshift(k[:, :, kz, ky, :].numpy(), axes=-1)
     nvals = fac.index.size * seq.nte * seq.ntau * seq.nseg
     mean_signal = abs_sum / max(nvals, 1)
     noise = None
@@ -294,6 +333,7 @@ def simulate(cfg: SimulationConfig) -> tuple[KSpace6D, Phantom]:
             "mean_signal": mean_signal,
             "shot": lines.shot,
             "acquisition_order": lines.order,
+            "transient_shots": int(fac.transient.sum()),
             "sample_time_us": cfg.sample_time_us,
             "config": cfg.to_dict(),
         },

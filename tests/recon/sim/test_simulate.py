@@ -34,7 +34,7 @@ def _wm_voxel(ph):
 
 @pytest.mark.parametrize("preset", ["paper-sim", "demo"])
 def test_signal_image_equals_hand_formula_for_wm(preset):
-    cfg = SimulationConfig(shape=(4, 16, 16), ncoils=1, preset=preset, snr=None)
+    cfg = SimulationConfig(shape=(4, 16, 16), ncoils=1, preset=preset, snr=None, prep_loop_order=None)
     from qmapinr.recon.sim.phantom import brain_phantom
 
     ph = brain_phantom(cfg.shape, seed=0, voxel_mm=cfg.geometry.voxel_mm)
@@ -52,7 +52,8 @@ def test_signal_image_equals_hand_formula_for_wm(preset):
 
 def test_end_to_end_fully_sampled_n0_equals_hand_formula():
     # nseg = 1 and R = 1: every tau is a fully sampled k-space at n = 0; one coil.
-    cfg = SimulationConfig(shape=(4, 16, 16), ncoils=1, R=1.0, nseg=1, snr=None, preset="demo", seed=2)
+    cfg = SimulationConfig(shape=(4, 16, 16), ncoils=1, R=1.0, nseg=1, snr=None, preset="demo", seed=2,
+                           prep_loop_order=None)
     ks, ph = simulate(cfg)
     seq = ks.seq
     z, y, x = _wm_voxel(ph)
@@ -66,7 +67,7 @@ def test_end_to_end_fully_sampled_n0_equals_hand_formula():
             assert img[e, z, y, x] == pytest.approx(want, rel=1e-4)
 
 
-@pytest.mark.parametrize("order", [None, "tau-outer"])
+@pytest.mark.parametrize("order", [None, "tau-outer", "shot-outer"])
 def test_factors_equal_signal_function(order):
     cfg = SimulationConfig(shape=(4, 16, 16), preset="demo", prep_loop_order=order, recovery_delay_ms=50.0)
     from qmapinr.recon.sim.phantom import nist_phantom
@@ -81,13 +82,20 @@ def test_factors_equal_signal_function(order):
             assert torch.allclose(fac.values(t, n), ref[:, :, t, n], rtol=1e-12, atol=1e-14)
 
 
-def test_kspace_lines_equal_centred_fft_of_coil_images():
-    cfg = SimulationConfig(shape=(5, 12, 14), ncoils=3, R=1.5, nseg=6, snr=None, seed=4)  # odd sizes too
+@pytest.mark.parametrize("order", [None, "shot-outer", "tau-outer"])
+def test_kspace_lines_equal_centred_fft_of_coil_images(order):
+    # odd sizes too; each line carries the exact signal of its own shot (start-up transient included)
+    cfg = SimulationConfig(shape=(5, 12, 14), ncoils=3, R=1.5, nseg=6, snr=None, seed=4, prep_loop_order=order,
+                           recovery_delay_ms=40.0, prep_dummies=1)
     ks, ph = simulate(cfg)
-    fac = voxel_factors(ph, ks.seq)
+    shot_tau = np.zeros(int(ks.meta["shot"].max()) + 1, dtype=np.int64)
+    shot_tau[ks.meta["shot"]] = ks.tau
+    fac = voxel_factors(ph, ks.seq, shot_tau)
+    assert (ks.meta["transient_shots"] > 0) == (order is not None)
     scale = np.abs(ks.data).max()
     for line in range(0, ks.nlines, 7):
-        img = fac.image(int(ks.tau[line]), int(ks.seg[line]))[None] * ph.sens[:, None]
+        shot = None if order is None else int(ks.meta["shot"][line])
+        img = fac.scatter(fac.values(int(ks.tau[line]), int(ks.seg[line]), shot))[None] * ph.sens[:, None]
         k = fftc_np(img, (-3, -2, -1))[:, :, ks.kz[line], ks.ky[line], :]
         assert np.abs(k - ks.data[:, :, line]).max() < 1e-5 * scale
 
@@ -137,7 +145,10 @@ def test_presets_and_config_round_trip():
     with pytest.raises(ValueError, match="preset"):
         SimulationConfig(preset="nope")
     with pytest.raises(ValueError, match="prep_loop_order"):
-        SimulationConfig(prep_loop_order="shot-outer")
+        SimulationConfig(prep_loop_order="shots-outer")
+    default = SimulationConfig().seq
+    assert default.prep_loop_order == "shot-outer" and default.prep_dummies == default.ntau
+    assert SimulationConfig(prep_loop_order=None, prep_dummies=3).seq.prep_dummies == 0
 
 
 def test_tau_outer_simulation_runs_in_tau_order():
