@@ -9,7 +9,7 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   # Pin the CPU build: an unpinned 'torch' from PyPI is a multi-GB CUDA build.
   "$PY" -m pip install -q "torch==2.13.0"
 fi
-"$PY" -m pip install -q -e ".[test]"
+"$PY" -m pip install -q -e ".[test,phantoms]"
 if [ "${QMAPINR_WITH_BART:-0}" = "1" ] && ! command -v bart >/dev/null 2>&1; then
   # BART CLI (Debian package) for the peer benchmark; the tests skip with a clear reason without it.
   if command -v apt-get >/dev/null 2>&1; then

@@ -1,7 +1,8 @@
 """Random variable-density Gaussian ky-kz sampling, distributed over the readouts of the T2IR segments.
 
 For every T2-prep index tau an *independent* pattern of ``round(ny * nz / R)`` distinct (ky, kz) lines is
-drawn: a small fully sampled centre (``calib``) plus lines drawn without replacement with probability
+drawn: a small fully sampled centre (``calib``; ``(0, 0)`` = none, pure variable-density sampling as in the
+paper) plus lines drawn without replacement with probability
 ``p(ky, kz) ~ exp(-(dky^2 / (2 sy^2) + dkz^2 / (2 sz^2)))``, ``dky = ky - ny // 2``, ``sy = sigma_frac * ny``
 (likewise z). The selected lines are shuffled and dealt to the readouts of the segments: line ``i`` of tau
 ``t`` gets readout index ``n = i % nseg`` and shot ``i // nseg`` (within tau), so every n sees a different
@@ -15,8 +16,10 @@ Acquisition order of the shots (``order``):
   tau 0, ... (every shot cycles through all tau); global shot counter ``s * ntau + t``.
 * ``"tau-outer"``: all shots of tau 0, then all of tau 1, ...; global shot counter ``t * nshots + s``.
 
-Within a shot the readouts are in n order. The order only changes the order of the lines (and acquisitions
-in the MRD file); the simulator's signal is the closed form of the sequence parameters.
+Within a shot the readouts are in n order. The order is the true time order of the acquisition: the
+simulator's signal follows it (each shot starts where the previous segment ended, unless the closed form is
+asked for; :mod:`qmapinr.recon.sim.simulate`), and the MRD writer writes the lines in it (``idx.user[0]`` =
+shot).
 """
 
 from __future__ import annotations
@@ -126,7 +129,8 @@ def vd_gaussian_lines(
         acceleration is ``ny * nz / round(ny * nz / R)`` (exactly R when it divides ``ny * nz``).
     seed : int seed or a numpy Generator (all random choices come from it).
     sigma_frac : Gaussian width as a fraction of the matrix size, per axis.
-    calib : fully sampled centre (ky size, kz size), clipped to the matrix and to the line budget.
+    calib : fully sampled centre (ky size, kz size), clipped to the matrix and to the line budget;
+        ``(0, 0)`` = no calibration block.
     order : ``"shot-outer"`` or ``"tau-outer"`` acquisition order of the shots (module docstring).
 
     Returns
@@ -135,6 +139,8 @@ def vd_gaussian_lines(
     """
     if order not in ORDERS:
         raise ValueError(f"order={order!r}; expected one of {ORDERS}")
+    if len(calib) != 2 or min(calib) < 0:
+        raise ValueError(f"calib={calib} must be two sizes >= 0 (ky, kz); (0, 0) = no calibration block")
     if R < 1.0:
         raise ValueError(f"R={R} < 1: cannot sample more than ny*nz distinct lines per tau")
     if nseg < 1 or ntau < 1:

@@ -34,8 +34,8 @@ from qmapinr.recon.kspace import PREP_LOOP_ORDERS, Geometry, KSpace6D, SequenceP
 from qmapinr.recon.physics.signal import echo_factors, prep_coefficients, shot_coefficients, steady_state_terms
 from qmapinr.recon.sim.coils import coil_sensitivities
 from qmapinr.recon.sim.phantom import Phantom, brain_phantom, nist_phantom
-from qmapinr.recon.sim.shepp_logan import shepp_logan_phantom
 from qmapinr.recon.sim.sampling import vd_gaussian_lines
+from qmapinr.recon.sim.shepp_logan import shepp_logan_phantom
 
 log = logging.getLogger(__name__)
 

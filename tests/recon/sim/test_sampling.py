@@ -116,3 +116,26 @@ def test_bad_arguments():
         vd_gaussian_lines(8, 4, 2, 4, 2.0, 0, order="random")
     with pytest.raises(ValueError, match="R="):
         vd_gaussian_lines(8, 4, 2, 4, 0.5, 0)
+
+
+def test_calibration_free_sampling_has_no_forced_centre():
+    """calib=(0, 0): pure variable-density Gaussian; at R = 8 the 3x3 centre is not fully sampled for some tau."""
+    ny, nz, ntau = 32, 8, 4
+    centre = {(z, y) for z in range(nz // 2 - 1, nz // 2 + 2) for y in range(ny // 2 - 1, ny // 2 + 2)}
+    free = vd_gaussian_lines(ny, nz, ntau=ntau, nseg=32, R=8.0, seed=5, calib=(0, 0))
+    calib = vd_gaussian_lines(ny, nz, ntau=ntau, nseg=32, R=8.0, seed=5)
+    assert free.nlines == calib.nlines == ntau * 32
+
+    def covered(lines, t):
+        sel = lines.tau == t
+        return centre <= set(zip(lines.kz[sel].tolist(), lines.ky[sel].tolist(), strict=True))
+
+    assert all(covered(calib, t) for t in range(ntau))
+    assert not all(covered(free, t) for t in range(ntau))
+    # the same seed gives the same pattern; the pattern is still centre-weighted (density, not a block)
+    again = vd_gaussian_lines(ny, nz, ntau=ntau, nseg=32, R=8.0, seed=5, calib=(0, 0))
+    assert np.array_equal(free.ky, again.ky) and np.array_equal(free.kz, again.kz)
+    d = np.hypot((free.ky - ny // 2) / ny, (free.kz - nz // 2) / nz)
+    assert np.mean(d) < np.mean(np.hypot(*np.meshgrid((np.arange(ny) - ny // 2) / ny, (np.arange(nz) - nz // 2) / nz)))
+    with pytest.raises(ValueError, match="calib"):
+        vd_gaussian_lines(ny, nz, ntau=1, nseg=8, R=4.0, seed=0, calib=(-1, 3))

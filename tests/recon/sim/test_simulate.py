@@ -101,7 +101,8 @@ def test_kspace_lines_equal_centred_fft_of_coil_images(order):
 
 
 def test_noise_sigma_matches_snr_definition():
-    cfg = SimulationConfig(shape=(4, 16, 16), ncoils=4, R=2.0, nseg=8, snr=20.0, seed=5, noise_samples=256)
+    cfg = SimulationConfig(shape=(4, 16, 16), ncoils=4, R=2.0, nseg=8, snr=20.0, seed=5, noise_samples=256,
+                           prep_loop_order=None)
     ks, ph = simulate(cfg)
     clean, _ = simulate(SimulationConfig(**{**cfg.__dict__, "snr": None}))
     # mean |S| over the mask and all (n, tau, TE), from signal() independently of the simulator's loop
