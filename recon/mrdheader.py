@@ -3,6 +3,14 @@
 ``build_header`` is used by the simulator, ``parse_header`` by the stream side; both live here so that the
 convention is written down once. A missing required field raises :class:`HeaderError` naming the field;
 ``InversionEfficiency`` is the one documented default (B = -1).
+
+Sequence history (optional, all three written together by ``build_header`` when a loop order is set):
+``userParameterString PrepLoopOrder`` (``tau-outer`` | ``shot-outer``; absent = the paper's closed form),
+``userParameterDouble RecoveryDelay_ms`` (free recovery before each preparation, default 0) and
+``userParameterLong PrepDummyShots`` (dummy preparations, i.e. segments without acquisition, played before the
+first acquired shot for shot-outer, before every tau block for tau-outer; default 0). The reconstruction models
+the periodic steady state of the declared loop (:mod:`qmapinr.recon.physics.signal`); ``PrepDummyShots``
+describes how the scan reached it.
 """
 
 from __future__ import annotations

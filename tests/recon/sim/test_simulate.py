@@ -85,7 +85,7 @@ def test_factors_equal_signal_function(order):
 @pytest.mark.parametrize("order", [None, "shot-outer", "tau-outer"])
 def test_kspace_lines_equal_centred_fft_of_coil_images(order):
     # odd sizes too; each line carries the exact signal of its own shot (start-up transient included)
-    cfg = SimulationConfig(shape=(5, 12, 14), ncoils=3, R=1.5, nseg=6, snr=None, seed=4, prep_loop_order=order,
+    cfg = SimulationConfig(shape=(5, 12, 14), ncoils=3, R=3.0, nseg=6, snr=None, seed=4, prep_loop_order=order,
                            recovery_delay_ms=40.0, prep_dummies=1)
     ks, ph = simulate(cfg)
     shot_tau = np.zeros(int(ks.meta["shot"].max()) + 1, dtype=np.int64)
