@@ -2,8 +2,9 @@
 
 phantominator gives M0, T1 and T2 (s) per voxel for a 3-D ellipsoid head at a field strength; this module
 turns them into a :class:`~qmapinr.recon.sim.phantom.Phantom` (times in ms) with labels named after the
-tissue of the Gach table nearest in (log T1, log T2): scalp, marrow, CSF, GM, WM, tumour. Voxels where the
-package's additive ellipsoids overlap keep the package's own values and get the nearest label.
+tissue of the Gach table nearest in (log T1, log T2): scalp, marrow, CSF, GM, WM, tumour. Maps are piecewise
+constant per label (the label's median package value), as the project's other phantoms; the few voxels where the
+package's additive ellipsoids overlap into odd values take their nearest label's values.
 
 Choices made here (not from the package): the slab is the package's z range ``zlims`` (default the central
 band -0.45..-0.05 that holds the ventricles and the small tumours); T2* = 1 / (1/T2 + 1/T2') with
@@ -19,8 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qmapinr.recon.sim.field import background_field_hz, dipole_field_hz, smooth_phase
-from qmapinr.recon.sim.phantom import BRAIN_TISSUES, Phantom
+from qmapinr.recon.sim.phantom import BRAIN_TISSUES, Phantom, _fill_maps
 
 # Gach 2008 table at 3 T (T1 = A B0^C s, T2 s) as phantominator implements it; used only to name labels.
 _GACH = {"scalp": (0.324, 0.137, 0.07), "marrow": (0.533, 0.088, 0.05), "CSF": (None, 4.2, 1.99),
@@ -58,36 +58,27 @@ def shepp_logan_phantom(
         raise ImportError("the 'shepp-logan' phantom needs phantominator: pip install 'qmapinr[phantoms]'") from exc
     nz, ny, nx = shape
     voxel_mm = voxel_mm or (220.0 / nx, 220.0 / ny, 4.0)
-    m0, t1, t2 = (np.transpose(v, (2, 0, 1)) for v in mr_shepp_logan((ny, nx, nz), B0=b0_t, zlims=zlims))
-    obj = (m0 > 0) & (t1 > 0) & (t2 > 0)
+    m0, t1_s, t2_s = (np.transpose(v, (2, 0, 1)) for v in mr_shepp_logan((ny, nx, nz), B0=b0_t, zlims=zlims))
+    obj = (m0 > 0) & (t1_s > 0) & (t2_s > 0)
     table = _gach_t1_t2_ms(b0_t)
     names = list(table)
     ref = np.log(np.array([table[n] for n in names]))  # (ntissue, 2)
-    lt = np.log(np.stack([np.where(obj, t1, 1.0) * 1e3, np.where(obj, t2, 1.0) * 1e3], -1))  # (..., 2)
+    lt = np.log(np.stack([np.where(obj, t1_s, 1.0) * 1e3, np.where(obj, t2_s, 1.0) * 1e3], -1))  # (..., 2)
     nearest = np.argmin(((lt[..., None, :] - ref) ** 2).sum(-1), axis=-1)
     labels = np.where(obj, nearest + 1, 0).astype(np.int16)
     label_names = {0: "background", **{i + 1: n for i, n in enumerate(names)}}
-    t1_ms = np.where(obj, t1 * 1e3, 0.0)
-    t2_ms = np.where(obj, t2 * 1e3, 0.0)
-    t2p = np.full(shape, T2_PRIME_TISSUE_MS)
-    chi = np.zeros(shape)
-    for i, n in enumerate(names):
-        sel = labels == i + 1
-        t2p[sel] = T2_PRIME_MS.get(n, T2_PRIME_TISSUE_MS)
-        if n in BRAIN_TISSUES:
-            chi[sel] = BRAIN_TISSUES[n]["chi"]
-    t2s = np.where(obj, 1.0 / (1.0 / np.maximum(t2_ms, 1e-9) + 1.0 / t2p), 0.0)
-    rng = np.random.default_rng(seed)
-    maps = {"A": np.where(obj, m0, 0.0), "T1": t1_ms, "T2": t2_ms, "T2star": t2s, "chi": chi}
-    maps = {k: v.astype(np.float32) for k, v in maps.items()}
-    maps["B0"] = (dipole_field_hz(maps["chi"], voxel_mm, b0_t=b0_t, b0_dir=b0_dir)
-                  + background_field_hz(shape, rng, background_hz)).astype(np.float32)
-    maps["Phase0"] = smooth_phase(shape, rng, phase_rad)
     tissues = {}
     for i, n in enumerate(names):
         sel = labels == i + 1
-        if sel.any():
-            tissues[n] = {k: float(np.median(maps[k][sel])) for k in ("A", "T1", "T2", "T2star", "chi")}
-    return Phantom(labels=labels, label_names=label_names, maps=maps, mask=obj, tissues=tissues,
+        if not sel.any():
+            continue
+        t2 = float(np.median(t2_s[sel])) * 1e3
+        t2p = T2_PRIME_MS.get(n, T2_PRIME_TISSUE_MS)
+        tissues[n] = {"A": float(np.median(m0[sel])), "T1": float(np.median(t1_s[sel])) * 1e3, "T2": t2,
+                      "T2star": 1.0 / (1.0 / t2 + 1.0 / t2p), "chi": BRAIN_TISSUES.get(n, {"chi": 0.0})["chi"]}
+    present = {k: v for k, v in label_names.items() if k == 0 or v in tissues}
+    maps = _fill_maps(labels, present, tissues, np.random.default_rng(seed), voxel_mm, b0_t, b0_dir,
+                      background_hz, phase_rad)
+    return Phantom(labels=labels, label_names=present, maps=maps, mask=obj, tissues=tissues,
                    info={"kind": "shepp-logan", "source": "phantominator.mr_shepp_logan", "seed": seed,
                          "voxel_mm": tuple(voxel_mm), "b0_t": b0_t, "b0_dir": tuple(b0_dir), "zlims": zlims})

@@ -13,11 +13,12 @@ previous segment ended. Shots whose magnetisation still differs from the periodi
 transient) get their own FFT. ``prep_loop_order=None`` reproduces the paper's closed form (the former default).
 
 SNR definition: ``SNR = mean |S| / sigma`` where the mean runs over the object mask (``Phantom.mask``) and all
-(n, tau, TE) of the noiseless image-domain signal ``S`` (periodic steady state of the declared loop) (coil-combined: the coil maps have unit
-root-sum-of-squares, so ``S`` is the object's own signal), and ``sigma`` is the standard deviation of the
-complex Gaussian noise added to every k-space sample, ``sigma^2 = E|noise|^2`` (real and imaginary parts each
-``sigma / sqrt(2)``, independent across coils). The FFT is unitary, so each coil image carries noise of the
-same sigma. The noise pre-scan (``KSpace6D.noise``, ``(coils, noise_samples)``) is drawn with the same sigma.
+(n, tau, TE) of the noiseless image-domain signal ``S`` (the periodic steady state of the declared loop;
+coil-combined: the coil maps have unit root-sum-of-squares, so ``S`` is the object's own signal), and ``sigma``
+is the standard deviation of the complex Gaussian noise added to every k-space sample, ``sigma^2 = E|noise|^2``
+(real and imaginary parts each ``sigma / sqrt(2)``, independent across coils). The FFT is unitary, so each coil
+image carries noise of the same sigma. The noise pre-scan (``KSpace6D.noise``, ``(coils, noise_samples)``) is
+drawn with the same sigma.
 ``snr=None`` means noiseless (and no pre-scan).
 """
 
