@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qmapinr.gadgets.app.arguments import add_sim_arguments, parse_properties
+from qmapinr.gadgets.app.arguments import add_sim_arguments, parse_properties, sim_config
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,6 @@ def run_bench(args: argparse.Namespace) -> int:
 
     from qmapinr.recon.config import SummitConfig, from_properties
     from qmapinr.recon.evaluation.benchmark import run_case
-    from qmapinr.recon.sim.simulate import SimulationConfig
 
     props = parse_properties(args.property)
     if args.epochs is not None:
@@ -120,8 +119,7 @@ def run_bench(args: argparse.Namespace) -> int:
     for phantom_name in args.phantoms.split(","):
         for snr in (float(s) for s in args.snrs.split(",")):
             for R in (float(r) for r in args.Rs.split(",")):
-                sim = SimulationConfig(shape=args.shape, ncoils=args.coils, R=R, snr=snr or None, seed=args.seed,
-                                       phantom=phantom_name, preset=args.preset, nseg=args.nseg)
+                sim = dataclasses.replace(sim_config(args), R=R, snr=snr or None, phantom=phantom_name)
                 results, phantom = run_case(sim, methods, summit_cfg, progress=lambda s: log.info("bench: %s", s))
                 tag = f"{phantom_name}_R{R:g}_snr{snr:g}"
                 _figure(results, phantom, args.out / f"maps_{tag}.png")

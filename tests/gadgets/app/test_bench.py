@@ -13,7 +13,10 @@ def test_bench_runs_end_to_end_on_a_tiny_case(tmp_path, capsys):
     out = tmp_path / "bench"
     code = main(["--log-level", "WARNING", "bench", "--shape", "4,16,16", "--coils", "2", "--nseg", "8",
                  "--Rs", "2", "--snrs", "30", "--phantoms", "brain", "--methods", "summit,subspace",
-                 "--epochs", "2", "-p", "coil_refine_iters=2", "-p", "threads=1", "--out", str(out)])
+                 "--epochs", "2", "-p", "coil_refine_iters=2", "-p", "threads=1", "--out", str(out),
+                 # 8 readouts per segment: the shot-outer history leaves T1/T2 barely identified after 2 epochs
+                 # (docs/benchmarks/history.md); this test checks the plumbing on the closed-form signal
+                 "--loop-order", "closed-form"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| summit | brain R=2 SNR=30.0 |" in printed and "| subspace | brain R=2 SNR=30.0 |" in printed
