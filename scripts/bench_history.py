@@ -112,7 +112,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 ks, phantom = simulate(sim)
                 case = (f"{ph} {a.preset} {'x'.join(map(str, shape))} R={R:g} SNR={a.snr:g} "
-                        f"(sigma={ks.meta['sigma']:.2e}, mean|S|={ks.meta['mean_signal']:.2e})")
+                        f"(sigma={ks.meta['sigma']:.2e}, mean abs(S)={ks.meta['mean_signal']:.2e})")
                 print(f"<!-- simulated {case} in {time.perf_counter() - t0:.1f} s, "
                       f"{ks.meta['transient_shots']} transient shots -->", flush=True)
                 closed = dataclasses.replace(ks, seq=dataclasses.replace(ks.seq, prep_loop_order=None,

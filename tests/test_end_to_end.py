@@ -49,7 +49,9 @@ def test_demo_phantom_accuracy():
     from qmapinr.recon.sim.simulate import SimulationConfig, simulate
 
     torch.set_num_threads(1)
-    ks, ph = simulate(SimulationConfig(shape=(8, 32, 32), ncoils=4, R=4, snr=30, seed=0))
+    # Issue 3's criterion was set on the closed-form signal. On the history-exact default (shot-outer, 32 readouts)
+    # SUMMIT's WM/GM T1 is still +34/+17 % (issue 10, docs/benchmarks/history.md): pinned here, not hidden there.
+    ks, ph = simulate(SimulationConfig(shape=(8, 32, 32), ncoils=4, R=4, snr=30, seed=0, prep_loop_order=None))
     out = summit_recon(ks, SummitConfig())
     s = score(out.maps, ph.maps, ph.labels, ph.label_names, out.mask & ph.mask)
     for tissue in ("WM", "GM", "CSF"):
