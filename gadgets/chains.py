@@ -19,6 +19,7 @@ from typing import Any
 
 from qmapinr.gadgets.properties import properties_from_config
 from qmapinr.gadgets.stages import buffer_kspace, maps_to_images, split_noise
+from qmapinr.gadgets.threads import session_config
 from qmapinr.recon.config import from_properties
 from qmapinr.recon.kspace import KSpace6D
 from qmapinr.recon.methods.registry import METHODS, reconstruct
@@ -55,7 +56,7 @@ def reconstruct_stage(items: Iterable, header, chain: str, cfg: Any) -> Iterator
 
 def run_chain(connection: Any, chain: str) -> None:
     """Run chain ``chain`` over ``connection`` until the client closes the stream."""
-    cfg = from_properties(CHAIN_CONFIGS[chain], chain_properties(connection))
+    cfg = session_config(from_properties(CHAIN_CONFIGS[chain], chain_properties(connection)), chain)  # threads
     log.info("%s chain started with %s", chain, cfg)
     header = connection.header
     items = split_noise(iter(connection), header)

@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("recon.calibration", "recon.qsm", "recon.sim"),
     ("recon.methods",),
     ("recon.evaluation",),
-    ("gadgets.stages", "gadgets.images", "gadgets.properties", "gadgets.chains"),
+    ("gadgets.stages", "gadgets.images", "gadgets.properties", "gadgets.chains", "gadgets.threads"),
     ("gadgets.transport",),
     ("gadgets.app",),
 ]

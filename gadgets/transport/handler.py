@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -178,15 +177,12 @@ def _raise_shutdown(signum, frame):
     raise ServerShutdown("server shutting down")
 
 
-def _process_worker(sock, peer, number, chains, options, reports, log_level, threads) -> None:
+def _process_worker(sock, peer, number, chains, options, reports, log_level, thread_env) -> None:
     """Entry of a spawned worker process: serve one client, put the report on ``reports``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _raise_shutdown)
     logging.basicConfig(level=log_level, format=LOG_FORMAT)
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    os.environ.setdefault("MKL_NUM_THREADS", str(threads))
-    if "torch" in sys.modules:  # imported while unpickling the chains: too late for the variables above
-        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    os.environ.update(thread_env)  # sessions sharing the CPUs (+ explicit threads): the chain picks its threads
     report = handle_client(sock, peer, chains, number=number, **options)
     reports.put(report)
 

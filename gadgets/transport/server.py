@@ -13,9 +13,10 @@ Each client is served in its own process (``multiprocessing`` with the ``spawn``
 socket is handed to the child). The reconstruction is CPU-bound PyTorch with many small Python-level steps per
 epoch, so threads would contend for the GIL; separate processes also isolate failures (an exception, a crash
 or running out of memory ends one connection, never the server), return all memory when a connection ends, and
-let each connection get its own torch thread budget (``OMP_NUM_THREADS`` = cores // max_connections unless
-already set). ``spawn`` (not ``fork``) because forking a process that may hold torch/OpenMP thread pools is
-unsafe; its cost (a fresh interpreter importing the chain, about 1-3 s) is small next to a reconstruction.
+let each connection get its own torch thread budget (:mod:`qmapinr.gadgets.threads`: usable CPUs //
+max_connections unless set explicitly). ``spawn`` (not ``fork``) because forking a process that may hold
+torch/OpenMP thread pools is unsafe; its cost (a fresh interpreter importing the chain, about 1-3 s) is small
+next to a reconstruction.
 ``workers="thread"`` serves clients in threads of the server process instead (for debugging or where processes
 are unwanted).
 
@@ -57,6 +58,7 @@ import threading
 import time
 from typing import Any
 
+from qmapinr.gadgets.threads import session_environ
 from qmapinr.gadgets.transport.handler import (  # noqa: F401  (re-exported: public names of the server module)
     DEFAULT_CHAINS,
     LOG_FORMAT,
@@ -99,7 +101,8 @@ class MRDServer:
     config_dir : str or None
         Folder of ``<name>.xml`` configurations applied when a client sends only a chain name.
     threads_per_connection : int or None
-        torch/OpenMP threads per process worker (default: CPU cores // max_connections, at least 1).
+        torch/OpenMP threads per connection (default: :func:`qmapinr.gadgets.threads.choose_threads` with
+        ``max_connections`` sessions, i.e. usable CPUs // max_connections, at least 1).
     """
 
     def __init__(
@@ -133,7 +136,9 @@ class MRDServer:
         self.chains, self.workers, self.when_busy = chains, workers, when_busy
         self.shutdown_timeout = shutdown_timeout
         self.options = {"timeout": idle_timeout, "linger": linger, "config_dir": config_dir}
-        self.threads = threads_per_connection or max(1, (os.cpu_count() or 1) // max_connections)
+        self.thread_env = session_environ(max_connections, threads_per_connection)  # read by each session's chain
+        if workers == "thread":  # all sessions in this process: its own environment carries the share
+            os.environ.update(self.thread_env)
         self.reports: list[ConnectionReport] = []
         self._listener: socket.socket | None = None
         self._active: dict[int, Any] = {}
@@ -224,7 +229,7 @@ class MRDServer:
                 worker = self._ctx.Process(
                     target=_process_worker, name=f"qmapinr-conn-{number}",
                     args=(sock, peer, number, self.chains, self.options, self._queue,
-                          logging.getLogger().getEffectiveLevel(), self.threads),
+                          logging.getLogger().getEffectiveLevel(), self.thread_env),
                 )
                 worker.start()
                 sock.close()  # the child holds its own duplicate
