@@ -14,8 +14,9 @@ initial maps, forward model) and saved; two measuring worker processes load them
 For each load (none; 1 or 2 pure-Python busy loops; 1 or 2 other reconstructions of the same case running the
 default policy) the competing processes are started, then each column runs the training loop
 (:func:`~qmapinr.recon.methods.summit.solver.fit`, WNNM on) for ``--cell-seconds`` after one warm-up batch (at most
-two epochs), the mean batch time is scaled to one epoch, and the best of ``--rounds`` such runs is kept. Times
-are wall clock: on a shared machine they include other users.
+two epochs; a warm-up batch longer than that is itself the measurement), the mean batch time is scaled to one
+epoch, and the best of ``--rounds`` such runs is kept. Times are wall clock: on a shared machine they include
+other users.
 """
 
 from __future__ import annotations
@@ -72,19 +73,23 @@ def _run_fit(prep, model, threads: int, seconds: float | None, max_batches: int 
     torch.set_num_threads(threads)
     loss = SummitLoss(prep, cfg)
     stamps: list[float] = []
+    first = 1  # the first batch is a warm-up, unless it alone filled the budget (a pathological cell): then timed
 
     def timed(model, xb, epoch, timer):
+        nonlocal first
         stamps.append(time.perf_counter())
-        n = len(stamps) - 2  # batches finished after the warm-up one
-        if seconds is not None and n >= 2 and (stamps[-1] - stamps[1] >= seconds or n >= max_batches):
-            raise _Done
+        if seconds is not None and len(stamps) >= 2:
+            first = 0 if stamps[1] - stamps[0] >= seconds else 1
+            n = len(stamps) - 1 - first
+            if n >= 1 and (stamps[-1] - stamps[first] >= seconds or n >= max_batches):
+                raise _Done
         return loss(model, xb, epoch, timer)
 
     nx = prep.kspace.geometry.matrix[0]
     with contextlib.suppress(_Done):
         fit(model, timed, nx, cfg, prep.device)
-    n = len(stamps) - 2
-    per_epoch = (stamps[-1] - stamps[1]) / n * math.ceil(nx / cfg.batch_x)
+    n = len(stamps) - 1 - first
+    per_epoch = (stamps[-1] - stamps[first]) / n * math.ceil(nx / cfg.batch_x)
     return per_epoch, n
 
 
@@ -232,6 +237,8 @@ def main() -> int:
     ap.add_argument("--cell-seconds", type=float, default=2.5, help="timed seconds per cell (after warm-up)")
     ap.add_argument("--rounds", type=int, default=2, help="measurements per cell; the best is kept")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw rows here")
+    ap.add_argument("--prepared", type=Path, default=None,
+                    help="folder to keep the prepared cases in (CASE.pt) and to reuse them from on the next run")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--load", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -249,9 +256,12 @@ def main() -> int:
     t0 = time.perf_counter()
     loads = a.loads.split(",")
     rows = []
+    if a.prepared:
+        a.prepared.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench_threads_") as tmp:
         for name in a.cases.split(","):
-            path = _prepare_case(name, Path(tmp))
+            saved = a.prepared / f"{name}.pt" if a.prepared else None
+            path = str(saved) if saved and saved.exists() else _prepare_case(name, a.prepared or Path(tmp))
             rows += run_case(name, path, a.cell_seconds, a.rounds, loads)
     text, ok = table(rows)
     cpus = usable_cpus()
