@@ -49,6 +49,7 @@ class _LowRes(LinearOperator):
 
     def __init__(self, shape_zyx: tuple[int, int, int], width: tuple[int, int, int]):
         self.shape = shape_zyx
+        self.width = tuple(width)
         self.sl = tuple(_block(n, w) for n, w in zip(shape_zyx, width, strict=True))
 
     def forward(self, sigma: torch.Tensor) -> torch.Tensor:
@@ -108,6 +109,7 @@ def refine_coil_maps(
     seed: int = 0,
     batch_bytes: int = 256 * 2**20,
     crop: tuple[int, int, int] | None = (2, 2, 2),
+    coarse_to_fine: bool = True,
 ) -> tuple[np.ndarray, dict]:
     """Refine coil maps jointly with the subspace coefficient images.
 
@@ -124,6 +126,10 @@ def refine_coil_maps(
     crop : (kz, ky, kx) size of the low-resolution problem, as multiples of ``width`` (clipped to the matrix;
         None = solve at full resolution). The default (2, 2, 2) makes the cost independent of the matrix
         (16x64x64, 8 coils: median alignment with the true maps 0.9984 against 0.9985 at full resolution).
+    coarse_to_fine : with ``outer_iters >= 4``, run the first quarter of the alternations with blocks of a quarter
+        of ``width`` and the second quarter at half ``width`` (the alternation is not convex: without a
+        calibration block the initial maps are poor, and few smooth coefficients are fitted first; 16x64x64,
+        R = 8, no calibration block: alignment 0.97 against 0.91 in one stage).
 
     Returns
     -------
@@ -143,11 +149,17 @@ def refine_coil_maps(
     op = SenseSubspaceOp(torch.as_tensor(np.asarray(basis, dtype=np.float32)), kspace, s_x, batch_bytes)
     y = readout_ifft(kspace)
     ynorm = max(float(torch.linalg.vector_norm(y)), 1e-30)
-    lowres = _LowRes((nz, ny, nx), width)
-    sigma = lowres.adjoint(s_x)
+    n_coarse = outer_iters // 4 if coarse_to_fine else 0
+    stages = [0.25] * n_coarse + [0.5] * n_coarse + [1.0] * (outer_iters - 2 * n_coarse)
+    lowres, sigma = None, None
     x = torch.zeros(op.shape, dtype=torch.complex64)
     history = []
-    for it in range(outer_iters):
+    for it, frac in enumerate(stages):
+        stage_width = tuple(max(1, round(w * frac)) for w in width)
+        if lowres is None or stage_width != lowres.width:
+            current = lowres.forward(sigma) if lowres is not None else s_x
+            lowres = _LowRes((nz, ny, nx), stage_width)
+            sigma = lowres.adjoint(current)
         op.sens = lowres.forward(sigma) if it else s_x
         x, _ = conjugate_gradient(op.normal, op.adjoint(y), x, x_cg_iters)
 
@@ -159,7 +171,7 @@ def refine_coil_maps(
             return torch.cat([(x[b:b + op.bx, None].conj() * op.op.adjoint(r[b:b + op.bx])).sum((2, 3))
                               for b in range(0, r.shape[0], op.bx)], 0)
 
-        def normal(sg: torch.Tensor, x=x) -> torch.Tensor:  # L^H M^H M L through the temporal PSF
+        def normal(sg: torch.Tensor, x=x, lowres=lowres) -> torch.Tensor:  # L^H M^H M L through the temporal PSF
             s = lowres.forward(sg)
             out = []
             for b in range(0, s.shape[0], op.bx):
@@ -177,6 +189,9 @@ def refine_coil_maps(
         r = float(torch.linalg.vector_norm(m_fwd(lowres.forward(sigma)) - y)) / ynorm
         history.append(r)
         log.debug("JSENSE %d: relative residual %.4g", it, r)
+    if lowres is None:  # no alternation: the initial maps projected onto the block
+        lowres = _LowRes((nz, ny, nx), width)
+        sigma = lowres.adjoint(s_x)
     maps = lowres.forward(sigma).permute(1, 2, 3, 0)  # (C, nz, ny, nx)
     if tuple(maps.shape[1:]) != full_zyx:
         maps = _resample_block(maps, full_zyx)  # exact: the maps are band-limited to the sigma block
