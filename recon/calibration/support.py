@@ -59,6 +59,14 @@ class _CentreFit:
         return torch.einsum("lij,mlj->mli", self.solve, rhs)
 
 
+def determined_locations(kspace: KSpace6D, basis: torch.Tensor, width: float = 0.25) -> tuple[int, int]:
+    """``(determined, sampled)``: central k-space locations (ellipse of relative half-width ``width``) sampled at
+    enough distinct (tau, n) to determine all K basis coefficients, and those sampled at all."""
+    fit = _CentreFit(kspace, basis, width, 1e-3, None)
+    rank = torch.linalg.matrix_rank(fit.gram, hermitian=True)
+    return int((rank >= fit.k).sum()), fit.nloc
+
+
 def lowres_subspace_images(
     hybrid: torch.Tensor, kspace: KSpace6D, basis: torch.Tensor, width: float = 0.25, ridge: float = 1e-3,
     prior: torch.Tensor | None = None, min_rank: int | None = None, sens: torch.Tensor | None = None,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from qmapinr.recon.calibration.support import lowres_subspace_images, support_mask
+from qmapinr.recon.calibration.support import determined_locations, lowres_subspace_images, support_mask
 from qmapinr.recon.kspace import KSpace6D
 from qmapinr.recon.physics.dictionary import default_dictionary, match_coefficients
 
@@ -32,17 +32,19 @@ class InitialMaps:
 
 
 def initial_maps(hybrid: torch.Tensor, kspace: KSpace6D, sens: torch.Tensor, rank: int = 4,
-                 width: float = 0.25, mask_threshold: float = 0.15) -> InitialMaps:
+                 width: float = 0.25, mask_threshold: float = 0.15, min_determined: int = 9) -> InitialMaps:
     """Dictionary-matched low-resolution maps.
 
     Parameters
     ----------
     hybrid : complex ``(nx, C, nte, nlines)`` readout-transformed lines (scaled).
     sens : complex ``(C, nz, ny, nx)`` coil sensitivities.
-    rank : temporal basis size of the low-resolution fit. A central k-space location needs no minimum number of
-        samples: with fewer than ``rank`` distinct (tau, n) its fit falls back to the dominant components
-        (a ridge prior weighted by the dictionary's singular values), so pure variable-density sampling without
-        a fully sampled centre works.
+    rank : temporal basis size of the low-resolution fit. Central k-space locations sampled at >= ``rank``
+        distinct (tau, n) determine the coefficients exactly and are used alone when there are at least
+        ``min_determined`` of them; otherwise (pure variable-density sampling without a fully sampled centre)
+        every sampled location is fitted with a ridge prior weighted by the dictionary's singular values, so
+        the initialisation never needs a sampling condition the data may not meet (logged as a warning).
+    min_determined : below this many fully determined central locations (a 3x3 block) the fallback is used.
 
     Returns
     -------
@@ -52,13 +54,20 @@ def initial_maps(hybrid: torch.Tensor, kspace: KSpace6D, sens: torch.Tensor, ran
     seq = kspace.seq
     dictionary = default_dictionary(seq, n_t1=50, n_t2=40)
     basis, emax, _ = dictionary.svd_basis(rank)
-    sv = dictionary.svd()[1][:rank]
-    # prior: ridge weight per component ~ 1 / singular value^2 (largest weight 1 on the last component), so a
-    # k-space location sampled at fewer than `rank` distinct (tau, n) is fitted by the components it determines
-    prior = torch.from_numpy((sv[-1] / np.maximum(sv, 1e-12)) ** 2)
     log.info("init: rank-%d (tau, n) basis, worst dictionary projection error %.3g", rank, emax)
-    comb = lowres_subspace_images(hybrid.cpu(), kspace, torch.from_numpy(basis), width=width, prior=prior,
-                                  min_rank=1, sens=sens.cpu())  # (nx, E, K, nz, ny)
+    tb = torch.from_numpy(basis)
+    determined, sampled = determined_locations(kspace, tb, width)
+    prior, min_rank = None, None  # exact per-location fit, locations with fewer than `rank` samples dropped
+    if determined < min_determined:
+        # Fallback (no fully sampled centre): ridge weight per component ~ 1 / singular value^2 (largest weight 1
+        # on the last component), so every sampled location is fitted by the components its samples determine.
+        sv = dictionary.svd()[1][:rank]
+        prior, min_rank = torch.from_numpy((sv[-1] / np.maximum(sv, 1e-12)) ** 2), 1
+        log.warning("init: only %d of %d sampled central k-space locations have >= %d distinct (tau, n) (no "
+                    "calibration block?): fitting all %d with a singular-value ridge prior instead", determined,
+                    sampled, rank, sampled)
+    comb = lowres_subspace_images(hybrid.cpu(), kspace, tb, width=width, prior=prior, min_rank=min_rank,
+                                  sens=sens.cpu())  # (nx, E, K, nz, ny)
     comb = comb.permute(3, 4, 0, 1, 2)  # (nz, ny, nx, E, K)
     mag = comb.abs().pow(2).sum((-1, -2)).sqrt()
     mask = support_mask(mag, mask_threshold, smooth_vox=0.0)
