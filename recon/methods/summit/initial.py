@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from qmapinr.recon.calibration.support import lowres_subspace_images, support_mask
+from qmapinr.recon.calibration.support import determined_locations, lowres_subspace_images, support_mask
 from qmapinr.recon.kspace import KSpace6D
 from qmapinr.recon.physics.dictionary import default_dictionary, match_coefficients
 
@@ -31,28 +31,20 @@ class InitialMaps:
     mask: torch.Tensor
 
 
-def coil_combine(images: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
-    """SENSE-1 combination ``sum_c conj(s_c) x_c / sum_c |s_c|^2`` along dim 1 of ``images``.
-
-    images : complex ``(nx, C, ...trailing, nz, ny)``; sens : complex ``(C, nz, ny, nx)``.
-    """
-    s = sens.permute(3, 0, 1, 2)  # (nx, C, nz, ny)
-    extra = images.dim() - 4
-    s = s.reshape(s.shape[:2] + (1,) * extra + s.shape[2:])
-    num = (s.conj() * images).sum(1)
-    den = (s.abs() ** 2).sum(1).clamp_min(1e-6)
-    return num / den
-
-
 def initial_maps(hybrid: torch.Tensor, kspace: KSpace6D, sens: torch.Tensor, rank: int = 4,
-                 width: float = 0.25, mask_threshold: float = 0.15) -> InitialMaps:
+                 width: float = 0.25, mask_threshold: float = 0.15, min_determined: int = 9) -> InitialMaps:
     """Dictionary-matched low-resolution maps.
 
     Parameters
     ----------
     hybrid : complex ``(nx, C, nte, nlines)`` readout-transformed lines (scaled).
     sens : complex ``(C, nz, ny, nx)`` coil sensitivities.
-    rank : temporal basis size of the low-resolution fit (<= distinct (tau, n) samples per central location).
+    rank : temporal basis size of the low-resolution fit. Central k-space locations sampled at >= ``rank``
+        distinct (tau, n) determine the coefficients exactly and are used alone when there are at least
+        ``min_determined`` of them; otherwise (pure variable-density sampling without a fully sampled centre)
+        every sampled location is fitted with a ridge prior weighted by the dictionary's singular values, so
+        the initialisation never needs a sampling condition the data may not meet (logged as a warning).
+    min_determined : below this many fully determined central locations (a 3x3 block) the fallback is used.
 
     Returns
     -------
@@ -63,10 +55,26 @@ def initial_maps(hybrid: torch.Tensor, kspace: KSpace6D, sens: torch.Tensor, ran
     dictionary = default_dictionary(seq, n_t1=50, n_t2=40)
     basis, emax, _ = dictionary.svd_basis(rank)
     log.info("init: rank-%d (tau, n) basis, worst dictionary projection error %.3g", rank, emax)
-    coef = lowres_subspace_images(hybrid.cpu(), kspace, torch.from_numpy(basis), width=width)
-    comb = coil_combine(coef, sens.cpu())  # (nx, E, K, nz, ny)
+    tb = torch.from_numpy(basis)
+    determined, sampled = determined_locations(kspace, tb, width)
+    prior, min_rank = None, None  # exact per-location fit, locations with fewer than `rank` samples dropped
+    if determined < min_determined:
+        # Fallback (no fully sampled centre): ridge weight per component ~ 1 / singular value^2 (largest weight 1
+        # on the last component), so every sampled location is fitted by the components its samples determine.
+        sv = dictionary.svd()[1][:rank]
+        prior, min_rank = torch.from_numpy((sv[-1] / np.maximum(sv, 1e-12)) ** 2), 1
+        log.warning("init: only %d of %d sampled central k-space locations have >= %d distinct (tau, n) (no "
+                    "calibration block?): fitting all %d with a singular-value ridge prior instead", determined,
+                    sampled, rank, sampled)
+    comb = lowres_subspace_images(hybrid.cpu(), kspace, tb, width=width, prior=prior, min_rank=min_rank,
+                                  sens=sens.cpu())  # (nx, E, K, nz, ny)
     comb = comb.permute(3, 4, 0, 1, 2)  # (nz, ny, nx, E, K)
-    mask = support_mask(comb.abs().pow(2).sum((-1, -2)).sqrt(), mask_threshold, smooth_vox=0.0)
+    mag = comb.abs().pow(2).sum((-1, -2)).sqrt()
+    mask = support_mask(mag, mask_threshold, smooth_vox=0.0)
+    if not bool(mask.any()):
+        raise ValueError("initial maps: the support mask is empty (the low-resolution image from the k-space "
+                         f"centre is zero; {int(torch.count_nonzero(mag))} non-zero voxels): no signal was "
+                         "sampled inside the central k-space ellipse")
     fit = match_coefficients(comb[mask], basis, dictionary)
     nz, ny, nx = mask.shape
     maps = {}
@@ -74,7 +82,7 @@ def initial_maps(hybrid: torch.Tensor, kspace: KSpace6D, sens: torch.Tensor, ran
         v = torch.as_tensor(np.asarray(fit[name]), dtype=torch.float32)
         if name in PRIOR_RANGES:
             v = v.clamp(*PRIOR_RANGES[name])
-        full = torch.full((nz, ny, nx), float(v.median()) if v.numel() else 0.0)
+        full = torch.full((nz, ny, nx), float(v.median()))
         full[mask] = v
         maps[name] = full
     return InitialMaps(maps=maps, mask=mask)
