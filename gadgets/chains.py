@@ -17,14 +17,20 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import ismrmrd
+
 from qmapinr.gadgets.properties import properties_from_config
 from qmapinr.gadgets.stages import buffer_kspace, maps_to_images, split_noise
 from qmapinr.gadgets.threads import session_config
 from qmapinr.recon.config import from_properties
-from qmapinr.recon.kspace import KSpace6D
+from qmapinr.recon.kspace import KSpace6D, QuantMaps
+from qmapinr.recon.methods import budget
 from qmapinr.recon.methods.registry import METHODS, reconstruct
 
 log = logging.getLogger(__name__)
+
+REPETITION_SERIES_STRIDE = 100
+"""Series offset between repeated measurements of one stream (repetition r: series + r * stride)."""
 
 CHAIN_CONFIGS: dict[str, type] = {name: m.config for name, m in METHODS.items()}
 """Chain name -> typed config dataclass whose fields are the chain's properties."""
@@ -35,6 +41,57 @@ def chain_properties(connection: Any) -> dict[str, str]:
     props = properties_from_config(getattr(connection, "config", None))
     props.update({k: str(v) for k, v in (getattr(connection, "parameters", None) or {}).items()})
     return props
+
+
+def admit_header(connection: Any, chain: str, cfg: Any) -> budget.Limits:
+    """Admission control before any data: estimate from the header + config, refuse what exceeds the limits.
+
+    Limits come from ``connection.limits`` (the server's ``--max-memory`` ...) or
+    :meth:`~qmapinr.recon.methods.budget.Limits.for_host`. A connection with ``set_budget`` (the server's) is told
+    how many acquisition bytes the stream may carry, so that it refuses a stream before allocating beyond the
+    limit; ``connection.estimated_seconds`` sizes its deadline.
+    """
+    limits = getattr(connection, "limits", None) or budget.Limits.for_host()
+    dims = budget.dims_from_header(connection.header)
+    est = budget.admit(dims, chain, cfg, limits)
+    log.info("%s: admitted %dx%dx%d, %d coils: estimated %s before the data (limit %.0f MiB)", chain, dims.nz,
+             dims.ny, dims.nx, dims.ncoils, est.describe(), limits.max_memory_bytes / budget.MiB)
+    if hasattr(connection, "set_budget"):
+        connection.set_budget(budget.max_stream_bytes(dims, chain, cfg, limits))
+        connection.estimated_seconds = est.seconds
+    return limits
+
+
+def admit_stage(items: Iterable, header, chain: str, cfg: Any, limits: budget.Limits, connection: Any = None
+                ) -> Iterator:
+    """Check every buffered KSpace6D (real coil and line counts) against the limits before reconstructing it."""
+    for item in items:
+        if isinstance(item, KSpace6D):
+            nx, ny, nz = item.geometry.matrix
+            dims = budget.Dims(nx, ny, nz, item.ncoils, item.seq.nte, item.seq.nseg, item.seq.ntau, item.nlines)
+            est = budget.admit(dims, chain, cfg, limits)
+            log.info("%s: %d lines buffered; estimated %s", chain, item.nlines, est.describe())
+            if connection is not None and hasattr(connection, "set_budget"):
+                connection.estimated_seconds = est.seconds
+        yield item
+
+
+def number_repetitions(items: Iterable) -> Iterator:
+    """The r-th QuantMaps of a stream (a repeated measurement) gets series offset r * stride."""
+    r = 0
+    for item in items:
+        if isinstance(item, QuantMaps):
+            item.series_offset += r * REPETITION_SERIES_STRIDE
+            r += 1
+        yield item
+
+
+def tag_repetitions(items: Iterable) -> Iterator:
+    """``image.repetition`` = the measurement an image belongs to (from its series index, see above)."""
+    for item in items:
+        if isinstance(item, ismrmrd.Image):
+            item.repetition = (int(item.image_series_index) - 1) // REPETITION_SERIES_STRIDE
+        yield item
 
 
 def reconstruct_stage(items: Iterable, header, chain: str, cfg: Any) -> Iterator:
@@ -58,11 +115,13 @@ def run_chain(connection: Any, chain: str) -> None:
     """Run chain ``chain`` over ``connection`` until the client closes the stream."""
     cfg = session_config(from_properties(CHAIN_CONFIGS[chain], chain_properties(connection)), chain)  # threads
     log.info("%s chain started with %s", chain, cfg)
+    limits = admit_header(connection, chain, cfg)
     header = connection.header
     items = split_noise(iter(connection), header)
     items = buffer_kspace(items, header)
-    items = reconstruct_stage(items, header, chain, cfg)
-    items = maps_to_images(items, header)
+    items = admit_stage(items, header, chain, cfg, limits, connection)
+    items = number_repetitions(reconstruct_stage(items, header, chain, cfg))
+    items = tag_repetitions(maps_to_images(items, header))
     sent = 0
     for item in items:
         connection.send(item)

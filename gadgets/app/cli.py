@@ -20,6 +20,10 @@ from qmapinr.gadgets.transport.server import add_serve_parser
 log = logging.getLogger("qmapinr")
 
 
+class UserError(Exception):
+    """A failure the user can act on (bad file, failed chain): one line on stderr, exit code 1."""
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from qmapinr.recon.sim.mrd_writer import write_mrd
     from qmapinr.recon.sim.simulate import simulate
@@ -45,9 +49,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     props = parse_properties(args.property)
     result = replay(args.input, module=args.module, target=args.chain, properties=props, mode=args.mode,
-                    timeout=args.timeout, progress=None if not args.no_progress else False)
+                    timeout=args.timeout, progress=None if not args.no_progress else False,
+                    save_stream=args.save_stream)
     for text in result.texts:
         log.info("gadget says: %s", text)
+    if result.ok and not result.images:
+        result.error = "the chain returned no images" + (f" ({result.texts[-1]})" if result.texts else "")
     if result.images:
         truth = _truth_maps(Path(args.input)) if not args.no_truth else None
         paths = write_outputs(result.images, args.out, read_header_xml(args.input),
@@ -62,8 +69,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
             (Path(args.out) / "scores.md").write_text(table + "\n")
             (Path(args.out) / "scores.json").write_text(json.dumps(s.__dict__, indent=1, default=float))
     if not result.ok:
-        log.error("replay failed: %s", result.error)
-        return 1
+        first, _, rest = result.error.partition("\n")
+        if rest:
+            log.debug("%s", rest)
+        raise UserError(f"replay failed: {first}")
     log.info("%d images received in %.1f s", len(result.images), result.seconds)
     return 0
 
@@ -87,6 +96,8 @@ def add_replay_arguments(p: argparse.ArgumentParser) -> None:
                    help="chain property (as in the XML <property>), repeatable, e.g. -p epochs=40")
     p.add_argument("--timeout", type=float, default=None, help="wall-clock limit of the replay, s")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    p.add_argument("--save-stream", type=Path, default=None, metavar="OUT.h5",
+                   help="also write the header and every acquisition sent to the chain to OUT.h5 (ISMRMRD)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,7 +144,33 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("matplotlib").setLevel(logging.WARNING)
     else:
         args.log_level = getattr(args, "log_level", "INFO")
-    return int(args.func(args) or 0)
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed command; every user error is ONE line on stderr and exit code 1 (2 for bad input files).
+
+    Tracebacks are logged only with ``--log-level DEBUG``.
+    """
+    from qmapinr.gadgets.transport.replay import ReplayInputError
+
+    debug = args.log_level == "DEBUG"
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("qmapinr: interrupted", file=sys.stderr)
+        return 130
+    except ReplayInputError as exc:
+        log.debug("traceback", exc_info=True)
+        print(f"qmapinr {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the CLI boundary: one line unless --log-level DEBUG
+        if debug:
+            log.exception("%s failed", args.command)
+        text = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        print(f"qmapinr {args.command}: error: {text.splitlines()[0] if text else type(exc).__name__}",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

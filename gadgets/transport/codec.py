@@ -46,8 +46,11 @@ CONFIG_FILE_SIZE = 1024
 MAX_TEXT_BYTES = 1 << 28
 """Largest text / attribute payload accepted (256 MiB): a larger length prefix means a corrupt stream."""
 
-_ID = struct.Struct("<H")
-_U32 = struct.Struct("<I")
+MESSAGE_ID = struct.Struct("<H")
+"""uint16 message id that starts every message."""
+UINT32 = struct.Struct("<I")
+"""uint32 length prefix of text payloads."""
+_ID, _U32 = MESSAGE_ID, UINT32
 _U64 = struct.Struct("<Q")
 
 

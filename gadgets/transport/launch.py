@@ -133,7 +133,7 @@ class InProcessGadget(threading.Thread):
         except Exception as exc:  # report whatever the gadget raised to the replay caller
             self.error = f"{type(exc).__name__}: {exc}"
             self.log_tail = traceback.format_exc()
-            logger.error("in-process gadget %s.%s failed: %s", self.module, self.target, self.error)
+            logger.debug("in-process gadget %s.%s failed: %s", self.module, self.target, self.error)
 
     def gone(self) -> str | None:
         if self.is_alive():
@@ -204,6 +204,8 @@ def _forward_log(stream, tail: collections.deque) -> None:
         line = line.rstrip("\n")
         tail.append(line)
         level = logging.INFO
+        if line.startswith(("Traceback", " ", "\t")):  # traceback lines: only with --log-level DEBUG
+            level = logging.DEBUG
         for word, lvl in ((" CRITICAL ", logging.CRITICAL), (" ERROR ", logging.ERROR),
                           (" WARNING ", logging.WARNING), (" DEBUG ", logging.DEBUG)):
             if word in line:

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import h5py
 import ismrmrd
@@ -24,12 +25,47 @@ from tqdm import tqdm
 
 from qmapinr.gadgets.transport import codec
 from qmapinr.gadgets.transport.launch import InProcessGadget, LaunchError, SubprocessGadget, accept_one, listen_loopback
+from qmapinr.gadgets.transport.recorder import StreamRecorder
 
 logger = logging.getLogger(__name__)
 
 
 class ReplayError(RuntimeError):
     """The replay did not complete: the gadget failed, closed early or timed out."""
+
+
+class ReplayInputError(ValueError):
+    """The input file cannot be replayed (missing, not HDF5, truncated, not ISMRMRD, no acquisitions)."""
+
+
+def check_input(h5_path, dataset: str = "dataset") -> int:
+    """Check that ``h5_path`` is a readable ISMRMRD file with a header and acquisitions; returns their number.
+
+    Raises
+    ------
+    ReplayInputError
+        One line naming the file and what is wrong with it.
+    """
+    path = str(h5_path)
+    if not Path(path).is_file():
+        raise ReplayInputError(f"{path}: no such file")
+    try:
+        if not h5py.is_hdf5(path):
+            raise ReplayInputError(f"{path} is not an HDF5 file")
+        with h5py.File(path, "r") as f:
+            group = f.get(dataset)
+            if not isinstance(group, h5py.Group) or "xml" not in group:
+                raise ReplayInputError(f"{path} is not an ISMRMRD file (no /{dataset}/xml header)")
+            n = int(group["data"].shape[0]) if "data" in group else 0
+            if n:
+                group["data"][n - 1]  # the last record is readable: the file is not cut short
+    except FileNotFoundError:
+        raise ReplayInputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ReplayInputError(f"{path} cannot be read (truncated or corrupt HDF5: {exc})") from None
+    if n == 0:
+        raise ReplayInputError(f"{path} has a header but no acquisitions: nothing to replay")
+    return n
 
 
 @dataclass
@@ -78,13 +114,6 @@ def read_header_xml(h5_path, dataset: str = "dataset") -> str:
         raw = ds.read_xml_header()
     text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
     return text.rstrip("\x00")
-
-
-def count_acquisitions(h5_path, dataset: str = "dataset") -> int:
-    """Number of acquisitions stored in the file (0 if there are none)."""
-    with h5py.File(h5_path, "r") as f:
-        group = f[dataset]
-        return int(group["data"].shape[0]) if "data" in group else 0
 
 
 def iter_acquisitions(h5_path, dataset: str = "dataset", chunk: int = 512) -> Iterator[ismrmrd.Acquisition]:
@@ -143,10 +172,11 @@ class _Reader(threading.Thread):
 
 class _Sender(threading.Thread):
     def __init__(self, sock, config_text: str, header_xml: str, acquisitions, total: int,
-                 progress: bool) -> None:
+                 progress: bool, recorder: StreamRecorder | None = None) -> None:
         super().__init__(name="replay-sender", daemon=True)
         self.sock, self.config_text, self.header_xml = sock, config_text, header_xml
         self.acquisitions, self.total, self.progress = acquisitions, total, progress
+        self.recorder = recorder
         self.n_sent = 0
         self.error: str | None = None
         self.local_failure = False
@@ -168,6 +198,8 @@ class _Sender(threading.Thread):
                 while (acq := self._next(it)) is not None:
                     codec.send_acquisition(self.sock, acq)
                     self.n_sent += 1
+                    if self.recorder is not None:
+                        self.recorder.add(acq)
                     bar.update(1)
             codec.send_close(self.sock)
         except _LocalFailure as exc:  # end the exchange so that neither side waits forever
@@ -200,6 +232,7 @@ def replay(
     progress: bool | None = None,
     env: dict[str, str] | None = None,
     dataset: str = "dataset",
+    save_stream=None,
 ) -> ReplayResult:
     """Stream an ISMRMRD file through ``module.target`` over a loopback socket and collect what comes back.
 
@@ -215,6 +248,7 @@ def replay(
     progress : tqdm bar for acquisitions sent; None = only when stderr is a TTY.
     env : extra environment variables for the gadget process (merged over ``os.environ``).
     dataset : group name inside the file.
+    save_stream : path of an ISMRMRD file that receives the header and every acquisition sent (None: none).
 
     Returns
     -------
@@ -226,8 +260,8 @@ def replay(
         raise ValueError(f"mode must be 'subprocess' or 'inprocess', not {mode!r}")
     t0 = time.monotonic()
     deadline = t0 + timeout if timeout is not None else float("inf")
+    total = check_input(h5_path, dataset)
     header_xml = read_header_xml(h5_path, dataset)
-    total = count_acquisitions(h5_path, dataset)
     progress = sys.stderr.isatty() if progress is None else progress
 
     listeners, port = listen_loopback()
@@ -250,8 +284,11 @@ def replay(
     abort = sock is None
     if sock is not None:
         reader = _Reader(sock)
-        sender = _Sender(sock, codec.config_xml(properties), header_xml, iter_acquisitions(h5_path, dataset),
-                         total, progress)
+        config_text = codec.config_xml(properties)
+        recorder = None if save_stream is None else StreamRecorder(save_stream, header_xml, target, config_text,
+                                                                   properties)
+        sender = _Sender(sock, config_text, header_xml, iter_acquisitions(h5_path, dataset), total, progress,
+                         recorder)
         reader.start()
         sender.start()
         for thread in (sender, reader):
@@ -269,6 +306,8 @@ def replay(
         else:
             errors.extend(err for err in (sender.error, reader.error) if err)
             abort = sender.local_failure
+        if recorder is not None:
+            recorder.close()
         sock.close()
     gadget_errors = gadget.finish(abort)
     local = sender is not None and sender.local_failure
@@ -279,7 +318,7 @@ def replay(
         error = "; ".join(errors)
         if gadget.log_tail:
             error += f"\n--- gadget log (last lines) ---\n{gadget.log_tail}"
-        logger.error("replay of %s through %s.%s failed: %s", h5_path, module, target, errors[0])
+        logger.debug("replay of %s through %s.%s failed: %s", h5_path, module, target, errors[0])
     seconds = time.monotonic() - t0
     result = ReplayResult(
         images=reader.images if reader else [],

@@ -25,22 +25,33 @@ are not accepted until a slot frees: they wait in the listen backlog (their conn
 in kernel buffers). With ``when_busy="reject"`` they are accepted and immediately get TEXT "busy ..." followed
 by CLOSE.
 
-Errors and disconnects
-----------------------
-Any failure of one connection (unknown chain, garbled message, bad header, an exception in the chain) is sent
-to that client as a TEXT message followed by CLOSE, logged, and ends only that connection. A client that
-disconnects mid-stream ends the stream: the chain's buffer stage still processes everything received (nothing
-received is dropped); sending the results then fails, which is logged. Every connection is logged at the end
-with its peer, chain, status, acquisitions received, images sent and duration; :attr:`MRDServer.reports` keeps
-these records.
+Errors, deadlines and endings (issue 12)
+--------------------------------------
+Every session ends with maps, or with ONE TEXT that says why not, then CLOSE: an exception in the chain (one log
+line for validation errors; a traceback only for unexpected ones or with ``--log-level DEBUG``), a chain that
+produced no images (empty stream, only a noise pre-scan), a refused request (admission control in the chain:
+:mod:`qmapinr.recon.methods.budget` from the header, before allocating; each acquisition header is checked against
+the XML header before its data buffer exists), a passed deadline (``--handshake-timeout`` from connect to the
+header, ``--stream-timeout`` to the client's CLOSE, ``--session-timeout`` or 4 x the estimate + 120 s after it), an
+IMAGE or other non-acquisition message from the client. A stream that ends without CLOSE is not reconstructed
+(nobody would read the maps); a client that closes its socket while the chain runs is detected (EOF, then a TEXT
+probe answered by a reset: a half-closed client still reads) and the chain is stopped. Process workers: the
+server keeps a duplicate of each client socket, so a worker killed by SIGKILL or the OOM killer is still answered
+with TEXT "the reconstruction worker died (...)" + CLOSE (unless it died in the middle of writing a message), and
+a worker that ignores its deadline is killed 30 s after it. The report line always has peer, chain, status,
+acquisitions, images, duration and peak RSS; :attr:`MRDServer.reports` keeps these records. ``--save-stream DIR``
+writes every received stream as a replayable ISMRMRD file.
 
 Signals
 -------
 SIGTERM or SIGINT (when serving in the main thread): stop accepting, let running connections finish for up to
 ``shutdown_timeout`` s, then terminate the remaining workers (a process worker answers its client with TEXT
-"server shutting down" and CLOSE), and return 0. A second signal skips the wait. Workers ignore SIGINT, so a
-Ctrl-C in a terminal reaches only the server's shutdown logic. Clients still waiting in the listen backlog
-when the listener closes are reset by the kernel (they were never accepted).
+"server shutting down" and CLOSE), and return 0. A second signal skips the wait. Workers start with SIGTERM and
+SIGINT blocked, ignore SIGINT and ignore a SIGTERM the server did not ask for, so a signal to the whole process
+group (Ctrl-C, systemd's KillMode=control-group) leaves the drain to the server. A slot is free as soon as its
+session has ended (its report arrived), not when the worker process exits. Clients still waiting in the listen
+backlog when the listener closes are reset by the kernel; a client that left the backlog before being accepted
+gets no worker.
 """
 
 from __future__ import annotations
@@ -56,26 +67,63 @@ import signal
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from qmapinr.gadgets.threads import session_environ
+from qmapinr.gadgets.transport import codec
+from qmapinr.gadgets.transport.connection import WRITE_BUSY, WRITE_CLOSED, SocketStream
 from qmapinr.gadgets.transport.handler import (  # noqa: F401  (re-exported: public names of the server module)
+    ABORT_DEADLINE,
+    ABORT_SHUTDOWN,
     DEFAULT_CHAINS,
     LOG_FORMAT,
     ChainSpec,
     ConnectionReport,
     ServerShutdown,
+    SessionOptions,
+    SessionState,
     UnknownChainError,
-    _process_worker,
-    _reject,
+    configure_worker_logging,
     handle_client,
     load_chains,
+    process_worker,
+    reject,
     resolve_chain,
 )
+from qmapinr.gadgets.transport.serve_cli import DEFAULT_PORT, add_serve_arguments, server_options
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PORT = 9002
+BACKSTOP_S = 30.0
+"""Seconds past a session's deadline after which the server kills a worker that did not stop itself."""
+
+_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+@dataclass
+class _Session:
+    worker: Any
+    peer: str
+    sock: socket.socket | None  # the server's duplicate (process workers): lets it tell the client if the worker dies
+    state: SessionState | None
+    start: float
+
+
+def client_gone(sock: socket.socket) -> bool:
+    """True if an accepted client already closed or reset its side before sending anything."""
+    return SocketStream(sock).peer_gone()
+
+
+def describe_exit(code: int | None) -> str:
+    """Exit code of a worker in words (``-9`` -> killed by SIGKILL, e.g. the out-of-memory killer)."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        hint = " (e.g. the out-of-memory killer)" if -code == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exit code {code}"
 
 
 class MRDServer:
@@ -103,6 +151,13 @@ class MRDServer:
     threads_per_connection : int or None
         torch/OpenMP threads per connection (default: :func:`qmapinr.gadgets.threads.choose_threads` with
         ``max_connections`` sessions, i.e. usable CPUs // max_connections, at least 1).
+    handshake_timeout, stream_timeout, session_timeout : float or None
+        Deadlines from connect to the header, to the client's CLOSE, to the end (None: sized from the estimate),
+        see :class:`~qmapinr.gadgets.transport.handler.SessionOptions`.
+    limits : qmapinr.recon.methods.budget.Limits or None
+        Admission limits (``--max-memory`` etc.); None: the defaults (a fraction of the host's RAM).
+    save_stream : str or None
+        Folder where every received stream is saved as an ISMRMRD file.
     """
 
     def __init__(
@@ -119,6 +174,11 @@ class MRDServer:
         linger: float = 2.0,
         config_dir: str | None = None,
         threads_per_connection: int | None = None,
+        handshake_timeout: float | None = 30.0,
+        stream_timeout: float | None = 1800.0,
+        session_timeout: float | None = None,
+        limits: Any = None,
+        save_stream: str | None = None,
     ):
         if workers not in ("process", "thread"):
             raise ValueError(f"workers must be 'process' or 'thread', got {workers!r}")
@@ -135,14 +195,16 @@ class MRDServer:
         self.host, self.port, self.max_connections = host, port, max_connections
         self.chains, self.workers, self.when_busy = chains, workers, when_busy
         self.shutdown_timeout = shutdown_timeout
-        self.options = {"timeout": idle_timeout, "linger": linger, "config_dir": config_dir}
+        self.options = SessionOptions(timeout=idle_timeout, linger=linger, config_dir=config_dir,
+                                      handshake_timeout=handshake_timeout, stream_timeout=stream_timeout,
+                                      session_timeout=session_timeout, save_stream=save_stream, limits=limits)
         self.thread_env = session_environ(max_connections, threads_per_connection)  # read by each session's chain
         if workers == "thread":  # all sessions in this process: its own environment carries the share
             os.environ.update(self.thread_env)
         self.reports: list[ConnectionReport] = []
         self._listener: socket.socket | None = None
-        self._active: dict[int, Any] = {}
-        self._reported: set[int] = set()
+        self._active: dict[int, _Session] = {}
+        self._exiting: list[Any] = []
         self._count = 0
         self._stop = threading.Event()
         self._force = threading.Event()
@@ -155,6 +217,11 @@ class MRDServer:
         if self._listener is None:
             raise RuntimeError("server is not bound; call bind() first")
         return self._listener.getsockname()[:2]
+
+    @property
+    def active(self) -> int:
+        """Sessions running now (a slot is free as soon as a session has ended, before its process exits)."""
+        return len(self._active)
 
     def bind(self) -> tuple[str, int]:
         """Create the listening socket (IPv4 or IPv6 by ``host``); returns the bound address."""
@@ -216,37 +283,48 @@ class MRDServer:
             return
         self._count += 1
         number, peer = self._count, f"{addr[0]}:{addr[1]}"
+        if client_gone(sock):
+            sock.close()
+            self._record(ConnectionReport(number, peer, status="gone", error="client left before being served"))
+            return
         if len(self._active) >= self.max_connections:
             message = f"busy: {len(self._active)} connections running (max {self.max_connections}); try later"
             logger.warning("connection #%d from %s rejected: %s", number, peer, message)
-            linger = self.options["linger"]
-            threading.Thread(target=_reject, args=(sock, message, linger), daemon=True).start()
+            threading.Thread(target=reject, args=(sock, message, self.options.linger), daemon=True).start()
             self._record(ConnectionReport(number, peer, status="rejected", error=message))
             return
         logger.info("connection #%d from %s accepted (%d running)", number, peer, len(self._active) + 1)
+        state = None
         try:
             if self.workers == "process":
+                state = SessionState(self._ctx)
                 worker = self._ctx.Process(
-                    target=_process_worker, name=f"qmapinr-conn-{number}",
+                    target=process_worker, name=f"qmapinr-conn-{number}",
                     args=(sock, peer, number, self.chains, self.options, self._queue,
-                          logging.getLogger().getEffectiveLevel(), self.thread_env),
+                          logging.getLogger().getEffectiveLevel(), self.thread_env, state),
                 )
-                worker.start()
-                sock.close()  # the child holds its own duplicate
+                # the child starts with SIGTERM/SIGINT blocked and unblocks them once its handlers are installed
+                old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+                try:
+                    worker.start()
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, old)
+                keep: socket.socket | None = sock  # the child holds its own duplicate; this one is the backstop
             else:
                 worker = threading.Thread(target=self._thread_worker, args=(sock, peer, number),
                                           name=f"qmapinr-conn-{number}", daemon=True)
                 worker.start()
+                keep = None
         except (OSError, RuntimeError, pickle.PicklingError) as exc:  # e.g. no more processes/threads
             message = f"qmapinr error: could not start a worker: {exc}"
             logger.error("connection #%d from %s: %s", number, peer, message)
-            threading.Thread(target=_reject, args=(sock, message, 0.0), daemon=True).start()
+            threading.Thread(target=reject, args=(sock, message, 0.0), daemon=True).start()
             self._record(ConnectionReport(number, peer, status="error", error=message))
             return
-        self._active[number] = (worker, peer)
+        self._active[number] = _Session(worker, peer, keep, state, time.monotonic())
 
     def _thread_worker(self, sock, peer, number) -> None:
-        self._queue.put(handle_client(sock, peer, self.chains, number=number, **self.options))
+        self._queue.put(handle_client(sock, peer, self.chains, number=number, options=self.options))
 
     def _record(self, report: ConnectionReport) -> None:
         self.reports.append(report)
@@ -256,21 +334,60 @@ class MRDServer:
     def _drain_reports(self) -> None:
         while not self._queue.empty():
             report = self._queue.get()
-            self._reported.add(report.number)
             self._record(report)
+            session = self._active.pop(report.number, None)  # the slot is free now, whatever the process does
+            if session is not None:
+                if session.sock is not None:
+                    session.sock.close()
+                self._exiting.append(session.worker)
 
     def _reap(self) -> None:
-        finished = [n for n, (w, _) in self._active.items() if not w.is_alive()]
         self._drain_reports()
-        for number in finished:
-            worker, peer = self._active.pop(number)
-            worker.join()
-            if number not in self._reported:
-                self._drain_reports()  # the report may have arrived after the first drain
-            if number not in self._reported:
-                self._record(ConnectionReport(number, peer, status="crashed",
-                                              error=f"worker exit code {getattr(worker, 'exitcode', None)}"))
-            self._reported.discard(number)
+        dead = [n for n, s in self._active.items() if not s.worker.is_alive()]
+        if dead:
+            self._drain_reports()  # a report may have arrived just before the worker exited
+        for number in dead:
+            session = self._active.pop(number, None)
+            if session is not None:
+                session.worker.join()
+                self._crashed(number, session)
+        now = time.monotonic()
+        for number, session in list(self._active.items()):
+            state = session.state
+            if state is not None and state.deadline.value and now > state.deadline.value + BACKSTOP_S:
+                logger.warning("connection #%d: %.0f s past its deadline; killing the worker", number,
+                               now - state.deadline.value)
+                state.abort.value = ABORT_DEADLINE
+                session.worker.kill()
+        self._exiting = [w for w in self._exiting if w.is_alive() or w.join() or False]
+
+    def _crashed(self, number: int, session: _Session) -> None:
+        """A worker ended without a report: tell the client (if the stream allows a TEXT), log a full report."""
+        state = session.state
+        why = describe_exit(getattr(session.worker, "exitcode", None))
+        if state is not None and state.abort.value == ABORT_DEADLINE:
+            why = f"session deadline passed; worker {why}"
+        message = f"qmapinr error: the reconstruction worker died ({why}); no maps"
+        told = False
+        if session.sock is not None:
+            writing = state.write.value if state is not None else 0
+            if writing not in (WRITE_BUSY, WRITE_CLOSED):
+                try:
+                    stream = SocketStream(session.sock, timeout=5.0)
+                    codec.send_text(stream, message)
+                    codec.send_close(stream)
+                    told = True
+                    stream.close(self.options.linger)
+                except (OSError, ConnectionError) as exc:
+                    logger.info("connection #%d: could not tell the client: %s", number, exc)
+            session.sock.close()
+        chain = state.chain.value.decode("utf-8", "replace") if state is not None and state.chain.value else None
+        self._record(ConnectionReport(
+            number, session.peer, chain=chain, status="crashed",
+            acquisitions=state.acquisitions.value if state is not None else 0,
+            images=state.images.value if state is not None else 0,
+            duration_s=time.monotonic() - session.start,
+            error=f"worker {why}" + ("" if told else " (client not told: stream was mid-message or closed)")))
 
     def _finish(self) -> None:
         deadline = time.monotonic() + self.shutdown_timeout
@@ -278,19 +395,23 @@ class MRDServer:
             self._reap()
             time.sleep(0.05)
         self._reap()
-        for number, (worker, peer) in list(self._active.items()):
+        for number, session in list(self._active.items()):
             if self.workers == "process":
-                logger.warning("terminating connection #%d from %s", number, peer)
-                worker.terminate()
-                worker.join(5.0)
-                if worker.is_alive():
-                    worker.kill()
-                    worker.join()
+                logger.warning("terminating connection #%d from %s", number, session.peer)
+                session.state.abort.value = ABORT_SHUTDOWN
+                session.worker.terminate()
+                session.worker.join(5.0)
+                if session.worker.is_alive():
+                    session.worker.kill()
+                    session.worker.join()
             else:
                 logger.warning("abandoning connection #%d from %s (thread workers cannot be stopped)",
-                               number, peer)
+                               number, session.peer)
                 self._active.pop(number)
         self._reap()
+        for worker in self._exiting:
+            worker.join(10.0)
+        self._exiting = []
 
 
 def serve(
@@ -304,7 +425,8 @@ def serve(
     """Run an :class:`MRDServer` until ``stop_event`` is set or SIGTERM/SIGINT; returns the exit code (0).
 
     ``options`` are the keyword-only arguments of :class:`MRDServer` (workers, when_busy, shutdown_timeout,
-    idle_timeout, linger, config_dir, threads_per_connection).
+    idle_timeout, linger, config_dir, threads_per_connection, handshake_timeout, stream_timeout, session_timeout,
+    limits, save_stream).
     """
     server = MRDServer(host, port, max_connections, chains, **options)
     return server.serve_forever(stop_event)
@@ -317,46 +439,28 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         description="Serve MRD clients (gadgetron_ismrmrd_client, python-ismrmrd-server clients) with the "
                     "qmapinr chains; the config name (e.g. summit.xml) picks the chain.",
     )
-    _add_serve_arguments(parser)
+    add_serve_arguments(parser)
     parser.set_defaults(func=run_serve)
     return parser
 
 
-def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1; 0.0.0.0 for all interfaces)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
-                        help="TCP port (default %(default)s; 0 = any free port)")
-    parser.add_argument("--max-connections", type=int, default=4, help="clients served at once (default 4)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    parser.add_argument("--when-busy", choices=["wait", "reject"], default="wait",
-                        help="extra clients wait in the backlog or get TEXT 'busy' + CLOSE (default wait)")
-    parser.add_argument("--workers", choices=["process", "thread"], default="process")
-    parser.add_argument("--chains", default=None,
-                        help=f"chain registry MODULE:ATTR (default {DEFAULT_CHAINS})")
-    parser.add_argument("--config-dir", default=None,
-                        help="folder of NAME.xml stream configurations used when a client sends only a name")
-    parser.add_argument("--shutdown-timeout", type=float, default=60.0,
-                        help="seconds running connections may finish after SIGTERM (default 60)")
-    parser.add_argument("--idle-timeout", type=float, default=600.0,
-                        help="seconds a read/write on a client may block (default 600; 0 = no limit)")
-
-
 def run_serve(args: argparse.Namespace) -> int:
-    """Run the server from parsed ``serve`` arguments; returns the process exit code."""
-    logging.basicConfig(level=getattr(logging, args.log_level), format=LOG_FORMAT)
-    return serve(
-        host=args.host, port=args.port, max_connections=args.max_connections, chains=args.chains,
-        workers=args.workers, when_busy=args.when_busy, shutdown_timeout=args.shutdown_timeout,
-        idle_timeout=args.idle_timeout or None, config_dir=args.config_dir,
-    )
+    """Run the server from parsed ``serve`` arguments; returns the process exit code (2: bad options)."""
+    configure_worker_logging(getattr(logging, args.log_level))
+    try:
+        server = MRDServer(**server_options(args))
+        server.bind()
+    except (ValueError, OSError) as exc:
+        logger.error("qmapinr serve: %s", exc, exc_info=logger.isEnabledFor(logging.DEBUG))
+        return 2
+    return server.serve_forever()
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m qmapinr.gadgets.transport.server [options]`` (same options as ``qmapinr serve``)."""
     parser = argparse.ArgumentParser(prog="python -m qmapinr.gadgets.transport.server",
                                      description=__doc__.split("\n")[0])
-    _add_serve_arguments(parser)
+    add_serve_arguments(parser)
     return run_serve(parser.parse_args(argv))
 
 

@@ -125,6 +125,43 @@ class MRDTestClient:
         return self.result
 
 
+def small_header(nx: int = 8, ny: int = 4, nz: int = 1, channels: int | None = None) -> str:
+    """A minimal ISMRMRD XML header (encoded = recon matrix ``nx, ny, nz``; optional ``receiverChannels``)."""
+    xsd = ismrmrd.xsd
+    space = xsd.encodingSpaceType(matrixSize=xsd.matrixSizeType(x=nx, y=ny, z=nz),
+                                  fieldOfView_mm=xsd.fieldOfViewMm(x=10 * nx, y=10 * ny, z=5 * nz))
+    asi = None if channels is None else xsd.acquisitionSystemInformationType(receiverChannels=channels)
+    return xsd.ToXML(xsd.ismrmrdHeader(
+        experimentalConditions=xsd.experimentalConditionsType(H1resonanceFrequency_Hz=127_000_000),
+        acquisitionSystemInformation=asi,
+        encoding=[xsd.encodingType(encodedSpace=space, reconSpace=space, encodingLimits=xsd.encodingLimitsType(),
+                                   trajectory=xsd.trajectoryType.CARTESIAN)],
+    ))
+
+
+HEADER_XML = small_header()
+"""8 x 4 x 1 matrix, no receiverChannels: what the server tests send."""
+
+
+class _Capture:
+    """Collects the bytes the client's send methods would write to a socket."""
+
+    def __init__(self):
+        self.data = b""
+
+    def sendall(self, data):
+        self.data += data
+
+
+def frames(*steps) -> bytes:
+    """Bytes of a client session built with this client's framing: ``frames(("send_config_text", "x"), ...)``."""
+    client = MRDTestClient.__new__(MRDTestClient)
+    client.sock = _Capture()
+    for name, *args in steps:
+        getattr(client, name)(*args)
+    return client.sock.data
+
+
 def read_dataset(path: str, group: str = "dataset") -> tuple[str, list[ismrmrd.Acquisition]]:
     """Header XML and all acquisitions of an ISMRMRD HDF5 file."""
     dset = ismrmrd.Dataset(path, group, create_if_needed=False)
@@ -172,3 +209,34 @@ def run_client(
     except OSError as exc:  # the server may close early (errors): keep what it sent
         client.result.error = f"send failed: {exc}"
     return client.wait(timeout)
+
+
+def _collect(stream, lines: list[str]) -> None:
+    for line in stream:
+        lines.append(line)
+
+
+def start_server_process(chains: str, extra_paths: list[str], *args: str, timeout: float = 60.0, **popen):
+    """``python -m qmapinr.gadgets.transport.server --port 0 --chains CHAINS ARGS`` in a subprocess.
+
+    Returns ``(proc, lines, port)``: ``lines`` fills with the server's stderr (a reader thread), ``port`` is parsed
+    from its "listening on" line (AssertionError with the log if it does not appear within ``timeout`` s).
+    """
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([*extra_paths, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "qmapinr.gadgets.transport.server", "--port", "0", "--chains",
+                             chains, *args], stderr=subprocess.PIPE, text=True, env=env, **popen)
+    lines: list[str] = []
+    threading.Thread(target=_collect, args=(proc.stderr, lines), daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in list(lines):
+            if "listening on" in line:
+                return proc, lines, int(line.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("server did not start:\n" + "".join(lines))

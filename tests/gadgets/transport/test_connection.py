@@ -19,20 +19,7 @@ from qmapinr.gadgets.transport.connection import (
     parse_config_text,
 )
 
-HEADER_XML = ismrmrd.xsd.ToXML(
-    ismrmrd.xsd.ismrmrdHeader(
-        experimentalConditions=ismrmrd.xsd.experimentalConditionsType(H1resonanceFrequency_Hz=127_000_000),
-        encoding=[ismrmrd.xsd.encodingType(
-            encodedSpace=ismrmrd.xsd.encodingSpaceType(
-                matrixSize=ismrmrd.xsd.matrixSizeType(x=8, y=4, z=1),
-                fieldOfView_mm=ismrmrd.xsd.fieldOfViewMm(x=80, y=40, z=5)),
-            reconSpace=ismrmrd.xsd.encodingSpaceType(
-                matrixSize=ismrmrd.xsd.matrixSizeType(x=8, y=4, z=1),
-                fieldOfView_mm=ismrmrd.xsd.fieldOfViewMm(x=80, y=40, z=5)),
-            encodingLimits=ismrmrd.xsd.encodingLimitsType(),
-            trajectory=ismrmrd.xsd.trajectoryType.CARTESIAN)],
-    )
-)
+HEADER_XML = mc.HEADER_XML
 
 STREAM_XML = """<?xml version="1.0" encoding="UTF-8"?>
 <configuration><version>2</version>
@@ -49,26 +36,10 @@ def _acq(value: float) -> ismrmrd.Acquisition:
     return ismrmrd.Acquisition.from_array(np.full((2, 8), value, dtype=np.complex64))
 
 
-class _Capture:
-    """Collects the bytes a send helper of the test client would write."""
-
-    def __init__(self):
-        self.data = b""
-
-    def sendall(self, data):
-        self.data += data
+_frames = mc.frames
 
 
-def _frames(*steps) -> bytes:
-    """Bytes of a client session built with the independent test client's framing."""
-    client = mc.MRDTestClient.__new__(mc.MRDTestClient)
-    client.sock = _Capture()
-    for name, *args in steps:
-        getattr(client, name)(*args)
-    return client.sock.data
-
-
-def _connect(payload: bytes, shut: bool = True) -> tuple[MRDConnection, socket.socket]:
+def _connect(payload: bytes, shut: bool = False) -> tuple[MRDConnection, socket.socket]:
     server_side, client_side = socket.socketpair()
     client_side.sendall(payload)
     if shut:
@@ -107,13 +78,19 @@ def test_bare_name_in_config_text_and_no_parameters():
     assert conn.chain_name == "lorein" and conn.config is None and list(conn) == []
 
 
-def test_eof_without_close_ends_stream_keeping_items():
+def test_eof_without_close_is_a_disconnect_not_a_stream_end():
     payload = _frames(("send_config_text", "summit"), ("send_header", HEADER_XML),
                       ("send_acquisition", _acq(5)))
     partial = _frames(("send_acquisition", _acq(6)))[:40]  # the peer dies in the middle of a message
-    conn, _ = _connect(payload + partial)
-    items = list(conn)
-    assert len(items) == 1 and conn.ended_by == "eof"
+    conn, _ = _connect(payload + partial, shut=True)
+    items = []
+    with pytest.raises(ClientDisconnected, match="client closed"):
+        for item in conn:
+            items.append(item)
+    assert len(items) == 1 and conn.ended_by is None
+    conn2, _ = _connect(payload, shut=True)  # EOF between messages: no CLOSE, nothing is treated as a complete stream
+    with pytest.raises(ClientDisconnected, match="without CLOSE after 1 acquisitions"):
+        list(conn2)
 
 
 def test_send_to_gone_client_raises_and_close_survives():
@@ -155,7 +132,7 @@ def test_unknown_message_id_mid_stream():
 
 def test_disconnect_during_handshake():
     with pytest.raises(ClientDisconnected, match="before sending the header"):
-        _connect(_frames(("send_config_text", "summit")))
+        _connect(_frames(("send_config_text", "summit")), shut=True)
 
 
 def test_name_helpers():
@@ -168,3 +145,17 @@ def test_name_helpers():
     assert flatten_parameters({"a": {"b": {"c": 1.5}}}) == {"a.b.c": "1.5"}
     with pytest.raises(ProtocolError):
         flatten_parameters({"a": [1]})
+
+
+def test_half_closed_client_after_close_is_served_and_a_closed_one_is_not():
+    payload = _frames(("send_config_text", "summit"), ("send_header", HEADER_XML), ("send_acquisition", _acq(1)),
+                      ("send_close",))
+    conn, peer = _connect(payload, shut=True)  # the client shut down its sending side but still reads
+    assert len(list(conn)) == 1 and conn.ended_by == "close"
+    conn.close(linger=0)
+    received = peer.recv(1000)
+    assert b"stream of 1 acquisitions received" in received and received.endswith(struct.pack("<H", 4))
+    conn, peer = _connect(payload, shut=True)
+    peer.close()  # the client left: the probe is answered by a reset
+    with pytest.raises(ClientDisconnected, match="nobody to send maps to"):
+        list(conn)

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -83,20 +82,7 @@ def failing_chain(connection) -> None:
 FAKE_CHAINS = {"fake": sum_chain, "fail": failing_chain}
 FAKE_SPEC = f"{__name__}:FAKE_CHAINS"
 
-HEADER_XML = ismrmrd.xsd.ToXML(
-    ismrmrd.xsd.ismrmrdHeader(
-        experimentalConditions=ismrmrd.xsd.experimentalConditionsType(H1resonanceFrequency_Hz=127_000_000),
-        encoding=[ismrmrd.xsd.encodingType(
-            encodedSpace=ismrmrd.xsd.encodingSpaceType(
-                matrixSize=ismrmrd.xsd.matrixSizeType(x=8, y=4, z=1),
-                fieldOfView_mm=ismrmrd.xsd.fieldOfViewMm(x=80, y=40, z=5)),
-            reconSpace=ismrmrd.xsd.encodingSpaceType(
-                matrixSize=ismrmrd.xsd.matrixSizeType(x=8, y=4, z=1),
-                fieldOfView_mm=ismrmrd.xsd.fieldOfViewMm(x=80, y=40, z=5)),
-            encodingLimits=ismrmrd.xsd.encodingLimitsType(),
-            trajectory=ismrmrd.xsd.trajectoryType.CARTESIAN)],
-    )
-)
+HEADER_XML = mc.HEADER_XML
 
 
 def acquisitions(client_id: int, n: int = 6) -> list[ismrmrd.Acquisition]:
@@ -291,30 +277,11 @@ def test_busy_reject_with_thread_workers():
         srv.stop()
 
 
-def _read_stderr(proc, lines):
-    for line in proc.stderr:
-        lines.append(line)
-
-
 def test_sigterm_lets_running_connection_finish_and_exits_zero():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(REPO / "tests" / "helpers"),
-                                                    os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "qmapinr.gadgets.transport.server", "--port", "0", "--chains", "test_server:FAKE_CHAINS",
-         "--log-level", "INFO", "--shutdown-timeout", "30"],
-        stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
-    )
-    lines: list[str] = []
-    threading.Thread(target=_read_stderr, args=(proc, lines), daemon=True).start()
+    proc, lines, port = mc.start_server_process("test_server:FAKE_CHAINS", [str(HERE), str(REPO / "tests" / "helpers")],
+                                                "--log-level", "INFO", "--shutdown-timeout", "30", cwd=REPO)
+    deadline = time.monotonic() + 60
     try:
-        port = None
-        deadline = time.monotonic() + 60
-        while port is None and time.monotonic() < deadline:
-            for line in list(lines):
-                if "listening on" in line:
-                    port = int(line.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
-            time.sleep(0.05)
-        assert port, "".join(lines)
         results = {}
         client = threading.Thread(target=lambda: results.setdefault("r", mc.run_client(
             "127.0.0.1", port, HEADER_XML, acquisitions(8), config_text="fake", parameters={"delay": 2.0})))
