@@ -174,6 +174,7 @@ MAP_UNITS: dict[str, str] = {
     "Phase0": "rad",
     "QSM": "ppm",
     "Residual": "a.u.",
+    "LocalField": "Hz",
 }
 """Name -> unit of every map the reconstruction can return (MRD image meta uses both)."""
 
