@@ -9,7 +9,7 @@ SEPIA/QSMxT do with "magnitude + phase-quality" masks. The rule here:
 ``mask = largest connected component of (erode(support, erode_mm) & A >= mag_frac * median(A)
 & residual <= residual_max)``
 
-with defaults ``erode_mm = 2 * vmin`` (the smallest voxel size, at least one voxel in-plane),
+with defaults ``erode_mm = vmin`` (the smallest voxel size: one voxel in-plane),
 ``mag_frac = 0.2`` and no residual threshold unless a residual map is given (``residual_max = 0.5`` rad).
 The erosion uses the same spherical footprint as V-SHARP (:func:`~qmapinr.recon.qsm.background.erode_sphere`).
 """
@@ -36,7 +36,7 @@ def brain_mask(support: np.ndarray, magnitude: np.ndarray, voxel_mm: Sequence[fl
     support : bool ``(nz, ny, nx)`` reconstruction support.
     magnitude : float ``(nz, ny, nx)`` e.g. the A map (any unit).
     voxel_mm : (x, y, z) mm.
-    erode_mm : erosion radius (mm); default ``2 * min(voxel_mm)``; 0 = no erosion.
+    erode_mm : erosion radius (mm); default ``min(voxel_mm)``; 0 = no erosion.
     mag_frac : keep voxels with ``magnitude >= mag_frac * median(magnitude[support])``.
     residual, residual_max : optional phase-fit residual map (rad) and its upper limit.
     """
@@ -47,7 +47,7 @@ def brain_mask(support: np.ndarray, magnitude: np.ndarray, voxel_mm: Sequence[fl
     if not s.any():
         raise ValueError("brain_mask: empty support")
     vmin = float(np.min(np.asarray(voxel_mm, dtype=np.float64)))
-    r = 2.0 * vmin if erode_mm is None else float(erode_mm)
+    r = vmin if erode_mm is None else float(erode_mm)
     m = erode_sphere(s, voxel_mm, r) if r > 0 else s.copy()
     m &= a >= mag_frac * float(np.median(a[s]))
     if residual is not None:

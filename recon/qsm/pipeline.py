@@ -101,7 +101,7 @@ def qsm_pipeline(b0_hz: np.ndarray, support: np.ndarray, magnitude: np.ndarray, 
     chi[m2] -= chi[m2].mean()
     chi[~m2] = 0.0
     info = {
-        "mask": "support eroded by 2 x min voxel, A >= 0.2 x median, largest component",
+        "mask": "support eroded by 1 min voxel, A >= 0.2 x median, largest component",
         "mask_voxels": int(m2.sum()),
         "background": bg_note,
         "inversion": "TV (weighted linear FANSI, ADMM)",
