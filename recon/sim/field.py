@@ -146,7 +146,14 @@ def external_field_hz(
     sl = tuple(slice(s0, s0 + n) for s0, n in zip(start, shape, strict=True))
     if air[sl].any():
         raise ValueError("external_field_hz: the cavity overlaps the simulated grid; place it outside")
-    if not air.any():
-        raise ValueError("external_field_hz: the cavity is smaller than a voxel")
-    field = dipole_field_hz(np.where(air, chi_ppm, 0.0), tuple(vox), b0_t=b0_t, b0_dir=b0_dir, pad_factor=2)
+    chi = np.where(air, chi_ppm, 0.0)
+    volume = 4.0 / 3.0 * np.pi * sx * sy * sz
+    if air.sum() * np.prod(vox) < 0.5 * volume:  # coarse grid: keep the cavity's moment in its nearest voxels
+        idx = tuple(int(np.clip(np.round(c / v) + b // 2, 0, b - 1)) for c, v, b in
+                    zip((cz, cy, cx), vox[::-1], big, strict=True))
+        chi = np.zeros(big)
+        chi[idx] = chi_ppm * volume / np.prod(vox)
+        if chi[sl].any():
+            raise ValueError("external_field_hz: the cavity overlaps the simulated grid; place it outside")
+    field = dipole_field_hz(chi, tuple(vox), b0_t=b0_t, b0_dir=b0_dir, pad_factor=2)
     return field[sl].astype(np.float32)
