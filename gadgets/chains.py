@@ -109,6 +109,8 @@ def reconstruct_stage(items: Iterable, header, chain: str, cfg: Any) -> Iterator
         maps = reconstruct(item, chain, cfg)
         log.info("%s: maps ready in %.1f s", chain, time.time() - t0)
         yield maps
+        if maps.info.get("qsm_unavailable"):  # tell the client why there is no QSM series (sent as TEXT)
+            yield str(maps.info["qsm_unavailable"])
 
 
 def run_chain(connection: Any, chain: str) -> None:

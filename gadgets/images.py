@@ -21,11 +21,11 @@ from qmapinr.recon.kspace import MAP_UNITS, Geometry, QuantMaps
 logger = logging.getLogger(__name__)
 
 SERIES_INDEX: dict[str, int] = {
-    "T1": 1, "T2": 2, "T2star": 3, "A": 4, "B0": 5, "Phase0": 6, "QSM": 7, "Residual": 8,
+    "T1": 1, "T2": 2, "T2star": 3, "A": 4, "B0": 5, "Phase0": 6, "QSM": 7, "Residual": 8, "LocalField": 9,
 }
 """Map name -> ``image_series_index`` (before ``series_offset``)."""
 
-QUANTITATIVE = frozenset({"T1", "T2", "T2star", "B0", "QSM"})
+QUANTITATIVE = frozenset({"T1", "T2", "T2star", "B0", "QSM", "LocalField"})
 """Maps with physical units: meta ``DataRole`` = ``Quantitative``; the others get ``Image``."""
 
 WINDOW_PERCENTILES = (1.0, 99.0)
@@ -34,6 +34,7 @@ WINDOW_PERCENTILES = (1.0, 99.0)
 _DESCRIPTION = {
     "T1": "T1 map", "T2": "T2 map", "T2star": "T2* map", "A": "proton density (A)", "B0": "B0 off-resonance",
     "Phase0": "initial phase", "QSM": "susceptibility (QSM)", "Residual": "data-consistency residual",
+    "LocalField": "local field (B0 after background removal)",
 }
 
 

@@ -174,6 +174,7 @@ MAP_UNITS: dict[str, str] = {
     "Phase0": "rad",
     "QSM": "ppm",
     "Residual": "a.u.",
+    "LocalField": "Hz",
 }
 """Name -> unit of every map the reconstruction can return (MRD image meta uses both)."""
 
@@ -183,7 +184,8 @@ class QuantMaps:
     """Reconstructed parameter maps, each float32 ``(nz, ny, nx)``.
 
     ``maps`` keys are names of :data:`MAP_UNITS` (T1, T2, T2star in ms; A in a.u.; B0 off-resonance in Hz;
-    Phase0 in rad; QSM in ppm; Residual = per-voxel data-consistency residual in a.u.). ``mask`` is the
+    Phase0 in rad; QSM in ppm; LocalField = B0 after background removal in Hz;
+    Residual = per-voxel data-consistency residual in a.u.). ``mask`` is the
     bool ``(nz, ny, nx)`` support used by the solver; ``geometry`` the placement of the volume (the image
     emitter falls back to the header's matrix at the isocentre when None); ``series_offset`` is added to every
     image series index; ``info`` holds method diagnostics (timings, loss history, settings) for logs and benchmarks.

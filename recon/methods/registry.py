@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,27 +14,39 @@ from qmapinr.recon.kspace import KSpace6D, QuantMaps
 from qmapinr.recon.methods.subspace import SubspaceConfig, subspace_recon
 from qmapinr.recon.methods.summit.solver import summit_recon
 from qmapinr.recon.physics.dipole import b0_dir_from_geometry
-from qmapinr.recon.qsm.inversion import qsm_from_field
+from qmapinr.recon.qsm.pipeline import QsmUnavailable, qsm_pipeline
 
 log = logging.getLogger(__name__)
 
 
 def add_qsm(maps: QuantMaps, kspace: KSpace6D, b0_t: float = 3.0) -> QuantMaps:
-    """Add ``QSM`` (ppm, 0 outside the eroded mask) computed from the ``B0`` map (Hz) inside ``maps.mask``."""
+    """Add ``QSM`` (ppm) and ``LocalField`` (Hz) from the ``B0`` map (Hz), or record why they are missing.
+
+    Pipeline :func:`~qmapinr.recon.qsm.pipeline.qsm_pipeline` (brain mask from the support and A, V-SHARP or
+    PDF, TV inversion with the weight chosen by the discrepancy principle) with B0 along patient z expressed
+    in the image frame of ``kspace.geometry``. Its choices go to ``maps.info['qsm']``; when QSM cannot be
+    computed the reason goes to ``maps.info['qsm_unavailable']`` (the chains send it to the client as TEXT).
+    """
+    reason = None
     if "B0" not in maps.maps or maps.mask is None or not maps.mask.any():
-        log.warning("no B0 map or empty mask: QSM skipped")
-        return maps
-    t0 = time.time()
-    try:
+        reason = "QSM not computed: the method returned no B0 map or an empty mask"
+    else:
         g = kspace.geometry
         b0_dir = b0_dir_from_geometry(g.read_dir, g.phase_dir, g.slice_dir)  # B0 (patient z) in the image frame
-        chi, eroded = qsm_from_field(maps.maps["B0"], maps.mask, g.voxel_mm, b0_t=b0_t, b0_dir=b0_dir)
-    except ValueError as exc:  # e.g. mask too small to erode for V-SHARP
-        log.warning("QSM skipped: %s", exc)
-        return maps
-    maps.maps["QSM"] = np.where(eroded, chi, 0.0).astype(np.float32)
-    maps.info["qsm_mask_voxels"] = int(eroded.sum())
-    maps.info.setdefault("timings", {})["qsm_s"] = time.time() - t0
+        magnitude = maps.maps.get("A", maps.mask.astype(np.float32))
+        try:
+            res = qsm_pipeline(maps.maps["B0"], maps.mask, magnitude, g.voxel_mm, b0_t=b0_t, b0_dir=b0_dir)
+        except QsmUnavailable as exc:
+            reason = str(exc)
+        else:
+            maps.maps["QSM"] = res.chi_ppm
+            maps.maps["LocalField"] = res.local_hz
+            maps.info["qsm"] = res.info
+            maps.info["qsm_mask_voxels"] = int(res.mask.sum())
+            maps.info.setdefault("timings", {})["qsm_s"] = res.info["seconds"]
+    if reason is not None:
+        log.warning("%s", reason)
+        maps.info["qsm_unavailable"] = reason
     return maps
 
 

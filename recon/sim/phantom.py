@@ -6,8 +6,11 @@ thick-slice direction). Structures are therefore ellipsoids in index space and k
 size; they are resolved from about (8, 32, 32) upwards. Maps are piecewise constant per label (exact
 sphere/tissue means), float32 ``(nz, ny, nx)``; outside the object every map except B0 and Phase0 is 0.
 
-B0 (Hz) = dipole field (:func:`dipole_field_hz`) of the slab's own chi, chi = 0 outside the object (no air,
-no tissue beyond the slab) + a seeded linear shim residual; Phase0 = a seeded smooth low-order phase.
+B0 (Hz) = dipole field (:func:`dipole_field_hz`) of the slab's own chi, chi = 0 outside the object + a seeded
+linear shim residual; for the brain also the field of an air cavity outside the slab
+(:func:`~qmapinr.recon.sim.field.external_field_hz`, a sinus-like background field from outside the brain).
+Phase0 = a seeded smooth low-order phase. The brain's chi per tissue comes from ``data/brain_chi.csv`` (with a
+source column: QSM challenge 2.0 values).
 """
 
 from __future__ import annotations
@@ -20,15 +23,24 @@ from importlib import resources
 import numpy as np
 
 from qmapinr.recon.kspace import QuantMaps
-from qmapinr.recon.sim.field import background_field_hz, dipole_field_hz, normalised_coords, smooth_phase
+from qmapinr.recon.sim.field import (
+    background_field_hz,
+    dipole_field_hz,
+    external_field_hz,
+    normalised_coords,
+    smooth_phase,
+)
 
 TISSUE_KEYS = ("A", "T1", "T2", "T2star", "chi")
 MAP_KEYS = TISSUE_KEYS + ("B0", "Phase0")
 
 # Brain tissue values (phantoms.md): WM/GM T1, T2 [W], T2* [W*], CSF T1 [R], T2 [Sp], water fractions [E],
-# chi [Q]. CSF T2* is not tabulated: 1000 ms (T2-limited) as phantoms.md suggests. Deep grey matter and the
-# lesion: chi from [Q] (lesion 0); their T1/T2/T2*/A are illustrative choices made clearly distinct from WM
-# and GM (iron-rich globus pallidus short, lesion long), not literature values.
+# chi [Q] (read from data/brain_chi.csv below, which cites each value). CSF T2* is not tabulated: 1000 ms
+# (T2-limited) as phantoms.md suggests. Deep grey matter and the lesion: chi from [Q] (lesion 0); their
+# T1/T2/T2*/A are illustrative choices made clearly distinct from WM and GM (iron-rich globus pallidus short,
+# lesion long), not literature values. Vessel (a vein along the slab): chi of venous blood [Q]; T1 1650 ms of
+# blood at 3 T (Lu et al., MRM 2004;52:679, Hct 0.42); T2 50 ms of venous blood (Y ~ 0.6-0.7, Zhao et al.,
+# MRM 2007;58:592); T2* 20 ms and A 0.85 illustrative.
 BRAIN_TISSUES: dict[str, dict[str, float]] = {
     "CSF": {"A": 0.97, "T1": 4470.0, "T2": 2030.0, "T2star": 1000.0, "chi": 0.019},
     "GM": {"A": 0.78, "T1": 1331.0, "T2": 110.0, "T2star": 66.0, "chi": 0.020},
@@ -38,8 +50,24 @@ BRAIN_TISSUES: dict[str, dict[str, float]] = {
     "putamen": {"A": 0.78, "T1": 1000.0, "T2": 68.0, "T2star": 32.0, "chi": 0.038},
     "globus_pallidus": {"A": 0.72, "T1": 700.0, "T2": 52.0, "T2star": 18.0, "chi": 0.131},
     "lesion": {"A": 0.85, "T1": 1600.0, "T2": 160.0, "T2star": 90.0, "chi": 0.0},
+    "vessel": {"A": 0.85, "T1": 1650.0, "T2": 50.0, "T2star": 20.0, "chi": 0.190},
 }
 BRAIN_LABELS: dict[int, str] = {0: "background", **{i + 1: n for i, n in enumerate(BRAIN_TISSUES)}}
+BRAIN_CHI_CSV = "brain_chi.csv"
+
+
+def brain_chi_table() -> dict[str, tuple[float, str]]:
+    """tissue -> (chi in ppm, source) from the packaged ``data/brain_chi.csv``."""
+    text = resources.files("qmapinr.recon.sim").joinpath("data", BRAIN_CHI_CSV).read_text(encoding="utf-8")
+    rows = [r for r in csv.reader(io.StringIO(text)) if r and not r[0].startswith("#")]
+    head, body = rows[0], rows[1:]
+    if head != ["tissue", "chi_ppm", "source"]:
+        raise ValueError(f"{BRAIN_CHI_CSV}: unexpected header {head}")
+    return {r[0]: (float(r[1]), r[2]) for r in body}
+
+
+for _name, (_chi, _src) in brain_chi_table().items():  # one source of truth for chi: the cited table
+    BRAIN_TISSUES[_name]["chi"] = _chi
 
 NIST_CSV = "nist_system_phantom_3T_20C.csv"
 NIST_T2_PRIME_MS = 100.0
@@ -128,6 +156,7 @@ def _fill_maps(
     b0_dir,
     background_hz: float,
     phase_rad: float,
+    extra_hz: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     maps = {k: np.zeros(labels.shape, dtype=np.float32) for k in TISSUE_KEYS}
     for lab, name in label_names.items():
@@ -139,6 +168,7 @@ def _fill_maps(
     maps["B0"] = (
         dipole_field_hz(maps["chi"], voxel_mm, b0_t=b0_t, b0_dir=b0_dir)
         + background_field_hz(labels.shape, rng, background_hz)
+        + (0.0 if extra_hz is None else extra_hz)
     ).astype(np.float32)
     maps["Phase0"] = smooth_phase(labels.shape, rng, phase_rad)
     return maps
@@ -152,11 +182,13 @@ def brain_phantom(
     b0_dir: tuple[float, float, float] = (0.0, 0.0, 1.0),
     background_hz: float = 10.0,
     phase_rad: float = 1.0,
+    cavity: bool = True,
 ) -> Phantom:
     """Brain-like slab: ellipsoidal head, CSF rim, folded GM cortex, WM, ventricles, deep GM, one lesion.
 
     Tissue values: :data:`BRAIN_TISSUES` (WM, GM, CSF from phantoms.md; deep GM T1/T2/T2* illustrative).
-    Bilateral caudate, putamen and globus pallidus; one unilateral 'lesion' in WM. The seed sets the cortical
+    Bilateral caudate, putamen and globus pallidus; one unilateral 'lesion' in WM; one 'vessel' (a vein
+    running through the slab in the posterior midline, venous-blood chi 0.19 ppm). The seed sets the cortical
     folding (a random angular modulation of the GM/WM boundary), the linear background field and the smooth
     Phase0.
 
@@ -168,6 +200,7 @@ def brain_phantom(
     b0_t, b0_dir : field strength (T) and (x, y, z) direction.
     background_hz : amplitude of the linear shim-residual field (see :func:`background_field_hz`).
     phase_rad : amplitude of the smooth Phase0 variation (see :func:`smooth_phase`).
+    cavity : add the background field of an air cavity outside the slab (:func:`external_field_hz`).
     """
     rng = np.random.default_rng(seed)
     voxel_mm = voxel_mm or _default_voxel(shape)
@@ -189,8 +222,11 @@ def brain_phantom(
         labels[_ellipsoid(coords, (sx * 0.44, 0.0, 0.0), (0.08, 0.18, 0.55))] = ids["putamen"]
         labels[_ellipsoid(coords, (sx * 0.30, -0.04, -0.05), (0.06, 0.10, 0.45))] = ids["globus_pallidus"]
     labels[_ellipsoid(coords, (0.20, -0.40, 0.2), (0.09, 0.09, 0.4))] = ids["lesion"]
+    labels[_ellipsoid(coords, (0.0, -0.58, 0.0), (0.06, 0.06, 4.0)) & (labels > 0)] = ids["vessel"]
     tissues = {n: dict(v) for n, v in BRAIN_TISSUES.items()}
-    maps = _fill_maps(labels, BRAIN_LABELS, tissues, rng, voxel_mm, b0_t, b0_dir, background_hz, phase_rad)
+    extra = external_field_hz(shape, tuple(voxel_mm), b0_t=b0_t, b0_dir=b0_dir) if cavity else None
+    maps = _fill_maps(labels, BRAIN_LABELS, tissues, rng, voxel_mm, b0_t, b0_dir, background_hz, phase_rad,
+                      extra_hz=extra)
     return Phantom(
         labels=labels,
         label_names=dict(BRAIN_LABELS),
@@ -203,6 +239,7 @@ def brain_phantom(
             "voxel_mm": tuple(voxel_mm),
             "b0_t": b0_t,
             "b0_dir": tuple(b0_dir),
+            "cavity": bool(cavity),
         },
     )
 

@@ -37,7 +37,7 @@ def test_one_image_per_map_with_meta(measurement):
         assert im.meta["Units"] == MAP_UNITS[name]
         assert im.meta["SeriesDescription"] == f"qmapinr_{name}"
         assert im.meta["ImageProcessingHistory"] == "QMAPINR"
-        quantitative = name in ("T1", "T2", "T2star", "B0", "QSM")
+        quantitative = name in ("T1", "T2", "T2star", "B0", "QSM", "LocalField")
         assert im.meta["DataRole"] == ("Quantitative" if quantitative else "Image")
         assert MAP_UNITS[name] in im.meta["ImageComment"]
         assert im.attribute_string == im.meta.serialize()
