@@ -468,7 +468,8 @@ def test_replay_cli_bad_input_is_one_line(tmp_path, capsys, case):
 def test_replay_cli_failed_chain_is_one_line_and_saves_the_stream(tmp_path):
     tiny = HERE.parents[1] / "data" / "tiny.h5"
     saved = tmp_path / "sent.h5"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parents[1] / "helpers"), os.environ.get("PYTHONPATH", "")]))
+    helpers = str(HERE.parents[1] / "helpers")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([helpers, os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run(
         [sys.executable, "-m", "qmapinr.gadgets.app.cli", "--log-level", "WARNING", "replay", str(tiny),
          "--module", "fake_chain", "--chain", "fake_chain_crash", "--mode", "inprocess", "--no-progress",
