@@ -28,6 +28,7 @@ from qmapinr.recon.losses.data_consistency import l1_complex
 from qmapinr.recon.losses.wnnm import wnnm_loss
 from qmapinr.recon.methods.summit.initial import InitialMaps, initial_maps
 from qmapinr.recon.methods.summit.model import SummitField
+from qmapinr.recon.methods.validate import check_loss, check_maps, check_support, validate
 from qmapinr.recon.physics.dictionary import default_dictionary
 from qmapinr.recon.physics.fft import readout_ifft
 from qmapinr.recon.physics.forward import ExactForward, LineSubspaceOp, StructuredForward
@@ -253,6 +254,7 @@ def fit(model: nn.Module, loss_fn: BatchLoss, nx: int, cfg: SummitConfig, device
         for xb in order.split(cfg.batch_x):
             timer.mark("other")
             loss, dc = loss_fn(model, xb.to(device), epoch, timer)
+            check_loss(float(loss.detach()), epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -332,19 +334,22 @@ def summit_recon(kspace: KSpace6D, cfg: SummitConfig | None = None,
     :class:`QuantMaps`: float32 ``(nz, ny, nx)`` maps (0 outside ``mask``), ``info`` with the loss history,
     stage timings, data scale and settings.
     """
-    cfg = cfg or SummitConfig()
+    cfg, warnings = validate(cfg or SummitConfig(), kspace)  # before any work; idempotent
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     t_start = time.perf_counter()
     prep = prepare(kspace, cfg)
+    check_support(prep.mask, prep.kspace)
     model = build_field(prep, cfg)
     result = fit(model, SummitLoss(prep, cfg), prep.kspace.geometry.matrix[0], cfg, prep.device, callback)
     timings = dict(prep.timings, **result.timings)
     out = final_maps(model, prep.hybrid, prep.fwd, prep.kspace, prep.mask, prep.scale, cfg.batch_x)
     timings["total_s"] = time.perf_counter() - t_start - timings.pop("callback_s")
     out.info.update({"history": result.history, "timings": timings, "scale": prep.scale, "config": cfg,
-                     "sigma_noise": prep.sigma, "init": {k: v.numpy() for k, v in prep.init.maps.items()}})
+                     "sigma_noise": prep.sigma, "init": {k: v.numpy() for k, v in prep.init.maps.items()},
+                     "warnings": warnings})
+    check_maps(out, "summit")
     return out
 
 
