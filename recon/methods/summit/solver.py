@@ -332,7 +332,15 @@ def summit_recon(kspace: KSpace6D, cfg: SummitConfig | None = None,
     Returns
     -------
     :class:`QuantMaps`: float32 ``(nz, ny, nx)`` maps (0 outside ``mask``), ``info`` with the loss history,
-    stage timings, data scale and settings.
+    stage timings, data scale, the settings used and ``warnings``.
+
+    Raises
+    ------
+    ConfigError : a setting that cannot work on this data, before any work
+        (:func:`~qmapinr.recon.methods.validate.validate`; a WNNM patch larger than a thin slab is clipped to
+        ``min(wnnm_patch, nz, ny)`` with a warning instead, so the default chain runs on 4 slices).
+    ReconstructionError : data without signal or corrupt, an empty support mask, a non-finite loss, or maps
+        that are not finite.
     """
     cfg, warnings = validate(cfg or SummitConfig(), kspace)  # before any work; idempotent
     if cfg.threads > 0:
