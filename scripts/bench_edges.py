@@ -46,11 +46,16 @@ ELLIPSES = [
 ]
 
 
+THIN_BRAIN = (2, 0.0, -0.0184, 0.6624, 0.874, 0.0, 3.0)  # the standard Shepp-Logan skull: a sub-voxel shell
+ELLIPSE_SET = {"thick": ELLIPSES, "thin": [ELLIPSES[0], THIN_BRAIN, *ELLIPSES[2:]]}
+SHELL = "thick"
+
+
 def shepp_head(shape, seed=0, voxel_mm=(1.0, 1.0, 4.0), b0_t=3.0, **_):
     rng = np.random.default_rng(seed)
     z, y, x = normalised_coords(shape)
     labels = np.zeros(shape, dtype=np.int16)
-    for lab, x0, y0, a, b, phi, c in ELLIPSES:
+    for lab, x0, y0, a, b, phi, c in ELLIPSE_SET[SHELL]:
         ph = np.deg2rad(phi)
         u = (x - x0) * np.cos(ph) + (y - y0) * np.sin(ph)
         v = -(x - x0) * np.sin(ph) + (y - y0) * np.cos(ph)
@@ -101,8 +106,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--coils", type=int, default=4)
+    ap.add_argument("--shell", choices=sorted(ELLIPSE_SET), default="thick",
+                    help="scalp shell: 'thick' (~1 voxel at 32x32) or 'thin' (standard Shepp-Logan, sub-voxel)")
     ap.add_argument("-p", action="append", default=[], help="SummitConfig key=value")
     args = ap.parse_args()
+    global SHELL
+    SHELL = args.shell
     torch.set_num_threads(1)
     simulate_mod.PHANTOMS["shepp"] = shepp_head
     shape = tuple(int(v) for v in args.shape.split(","))
@@ -115,11 +124,11 @@ def main() -> None:
     scfg = from_properties(SummitConfig, props)
     out = reconstruct(ks, "summit", scfg)
     res = evaluate(out.maps, ph)
-    print(f"| shepp-like {args.shape} R={args.R} seed {args.seed} {' '.join(args.p)} | |")
+    print(f"| shepp-like ({args.shell} shell) {args.shape} R={args.R} seed {args.seed} {' '.join(args.p)} | |")
     print("|---|---|")
     for k, v in res.items():
         print(f"| {k} | {v:.3g} |" if isinstance(v, float) else f"| {k} | {v} |")
-    np.savez_compressed(f"/tmp/guards/edges_{args.seed}_{'_'.join(args.p) or 'default'}.npz",
+    np.savez_compressed(f"/tmp/guards/edges_{args.shell}_{args.seed}_{'_'.join(args.p) or 'default'}.npz",
                         **{k: v for k, v in out.maps.items()}, labels=ph.labels,
                         **{f"true_{k}": v for k, v in ph.maps.items()}, init_A=out.info["init"]["A"],
                         mask=out.mask)
