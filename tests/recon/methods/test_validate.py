@@ -25,7 +25,7 @@ def scan():
 
 def _subset(ks: KSpace6D, keep: np.ndarray, **meta) -> KSpace6D:
     return KSpace6D(ks.data[:, :, keep], ks.ky[keep], ks.kz[keep], ks.seg[keep], ks.tau[keep], ks.seq, ks.geometry,
-                    ks.noise, dict(meta))
+                    noise=ks.noise, meta=dict(meta))
 
 
 def _variant(ks: KSpace6D, name: str) -> KSpace6D:
