@@ -107,9 +107,10 @@ class SummitConfig:
     wnnm_patch: int = 5
     wnnm_window: int = 7
     wnnm_similar: int = 3
-    # "log": WNNM on log(A), log(T1), log(T2), log(T2*) (relative deviations; see docs/benchmarks/guards.md),
+    # "log": WNNM on log(A), log(T1), log(T2), log(T2*) (relative deviations; measured worse NRMSE on the
+    # Shepp-Logan-like head, docs/benchmarks/guards.md),
     # "linear": on the maps in units of their median
-    wnnm_domain: Literal["log", "linear"] = "log"
+    wnnm_domain: Literal["log", "linear"] = "linear"
     wnnm_in_support: bool = True  # WNNM only on patches inside the support mask (no background in rim patches)
     # initial maps: "dictionary" (per-voxel low-res dictionary fit of every parameter), "echo" (per-voxel A, T2*,
     # phase; T1 and T2 start flat at their in-mask medians) or "flat" (only the phase per voxel)
