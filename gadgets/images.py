@@ -99,8 +99,10 @@ def maps_to_mrd_images(
     ``image_index`` 1, meta keys MapName, Units, ImageComment, SeriesDescription (``qmapinr_<name>``),
     WindowCenter, WindowWidth, ImageProcessingHistory (``QMAPINR``), DataRole (``Quantitative``/``Image``),
     ImageRowDir / ImageColumnDir / ImageSliceNormDir. Non-finite voxels are written as 0 (warning; meta
-    ``NonFiniteVoxels``).
+    ``NonFiniteVoxels``). ``qmaps.info['warnings']`` (what the reconstruction adjusted or found missing, e.g. a
+    truncated scan) becomes the meta ``Warning`` (one value per warning) of every image.
     """
+    warnings = [str(w) for w in qmaps.info.get("warnings", [])]
     images = []
     names = sorted(qmaps.maps, key=lambda n: SERIES_INDEX[n])
     for name in names:
@@ -141,6 +143,8 @@ def maps_to_mrd_images(
         meta["ImageSliceNormDir"] = [_fmt(v) for v in geometry.slice_dir]
         if n_bad:
             meta["NonFiniteVoxels"] = str(n_bad)
+        if warnings:
+            meta["Warning"] = warnings
         image.attribute_string = meta.serialize()
         images.append(image)
     return images

@@ -3,6 +3,11 @@
 Field names of :class:`HashGridConfig` follow tiny-cuda-nn (``n_levels``, ``n_features_per_level``,
 ``log2_hashmap_size``, ``base_resolution``, ``per_level_scale``). Nested fields are addressed with a dot in
 properties: ``map_grid.n_levels=12``. An unknown property is an error naming the known ones.
+
+Option fields are ``typing.Literal[...]``: a property value is checked when it is parsed (case-insensitively, then
+stored with the spelling of the allowed value) and the error lists the allowed values; :func:`check_literals`
+checks a config that was built directly in Python. Checks of a config against the data (sizes, WNNM patch vs
+matrix, ranges) live in :mod:`qmapinr.recon.methods.validate`.
 """
 
 from __future__ import annotations
@@ -11,10 +16,18 @@ import dataclasses
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 class ConfigError(ValueError):
     """A property does not name a config field or cannot be parsed to the field's type."""
+
+
+Implementation = Literal["auto", "torch", "tcnn"]
+CoilMode = Literal["inr", "jsense", "ratio"]
+ForwardModel = Literal["structured", "exact"]
+InitMode = Literal["echo", "dictionary", "flat"]
+DeviceName = Literal["auto", "cpu", "cuda"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +43,7 @@ class HashGridConfig:
     log2_hashmap_size: int = 15
     base_resolution: int = 4
     per_level_scale: float = 1.5
-    implementation: str = "auto"
+    implementation: Implementation = "auto"
 
 
 @dataclass(frozen=True)
@@ -81,10 +94,10 @@ class SummitConfig:
         default_factory=lambda: HashGridConfig(n_levels=4, log2_hashmap_size=10, base_resolution=2,
                                                per_level_scale=1.5)
     )
-    coil_mode: str = "inr"  # "ratio" / "jsense" (fixed estimated maps) or "inr" (coil INR from the jsense maps)
+    coil_mode: CoilMode = "inr"  # "ratio" / "jsense" (fixed estimated maps) or "inr" (coil INR from the jsense maps)
     coil_lr_scale: float = 1.0  # learning-rate multiplier of the coil INR
     coil_refine_iters: int = 8  # JSENSE alternations of the coil-map estimate
-    forward: str = "structured"  # "structured" (rank-K q^n subspace) or "exact"
+    forward: ForwardModel = "structured"  # "structured" (rank-K q^n subspace) or "exact"
     rank: int = 8
     virtual_coils: int = 0  # 0 = no coil compression
     lambda_a: float = 0.01  # WNNM weight on A (relative to the initial data-consistency loss; 0 = off)
@@ -94,17 +107,39 @@ class SummitConfig:
     wnnm_patch: int = 5
     wnnm_window: int = 7
     wnnm_similar: int = 3
+    # "log": WNNM on log(A), log(T1), log(T2), log(T2*) (relative deviations; measured worse NRMSE on the
+    # Shepp-Logan-like head, docs/benchmarks/guards.md),
+    # "linear": on the maps in units of their median
+    wnnm_domain: Literal["log", "linear"] = "linear"
+    wnnm_in_support: bool = True  # WNNM only on patches inside the support mask (no background in rim patches)
     # initial maps: "dictionary" (per-voxel low-res dictionary fit of every parameter), "echo" (per-voxel A, T2*,
     # phase; T1 and T2 start flat at their in-mask medians) or "flat" (only the phase per voxel)
-    init: str = "echo"
+    init: InitMode = "echo"
     coarse_to_fine_epochs: int = 0  # >0: one more hash level switched on every this many epochs
     plateau_rel: float = 0.0  # stop when the epoch DC loss improves by less than this fraction (0 = off)
     seed: int = 0
-    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"
+    device: DeviceName = "auto"  # "auto" (cuda if available), "cpu", "cuda"
     threads: int = 0  # torch CPU threads (0 = torch default)
 
 
+def literal_values(tp: typing.Any) -> tuple | None:
+    """The allowed values of a ``typing.Literal[...]`` type (None for any other type)."""
+    return typing.get_args(tp) if typing.get_origin(tp) is Literal else None
+
+
+def _parse_literal(text: str, allowed: tuple, name: str) -> typing.Any:
+    for value in allowed:
+        if isinstance(value, str) and text.strip().lower() == value.lower():
+            return value
+        if not isinstance(value, str) and text.strip() == str(value):
+            return value
+    raise ConfigError(f"property {name}={text!r} is not allowed; use one of: {', '.join(map(str, allowed))}")
+
+
 def _parse_value(text: str, tp: typing.Any, name: str) -> typing.Any:
+    allowed = literal_values(tp)
+    if allowed is not None:
+        return _parse_literal(text, allowed, name)
     try:
         if tp is bool:
             low = text.strip().lower()
@@ -116,6 +151,22 @@ def _parse_value(text: str, tp: typing.Any, name: str) -> typing.Any:
     except ValueError as exc:
         raise ConfigError(f"property {name}={text!r} is not a valid {tp.__name__}") from exc
     raise ConfigError(f"property {name} has unsupported type {tp}")
+
+
+def check_literals(cfg: typing.Any, prefix: str = "") -> None:
+    """Raise :class:`ConfigError` if an option field of the (nested) dataclass ``cfg`` holds a value outside its
+    ``Literal[...]`` (a config built directly in Python bypasses the parser)."""
+    prefix = prefix or type(cfg).__name__ + "."
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            check_literals(value, prefix + f.name + ".")
+            continue
+        allowed = literal_values(hints[f.name])
+        if allowed is not None and value not in allowed:
+            raise ConfigError(f"{prefix}{f.name}={value!r} is not allowed; use one of: "
+                              f"{', '.join(map(str, allowed))}")
 
 
 def from_properties(cls: type, props: Mapping[str, str], prefix: str = ""):

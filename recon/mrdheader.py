@@ -15,12 +15,21 @@ describes how the scan reached it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import ismrmrd
 import ismrmrd.xsd as xsd
+import numpy as np
 
 from qmapinr.recon.kspace import Geometry, SequenceParams
+
+logger = logging.getLogger(__name__)
+
+ORTHONORMAL_TOL = 1e-3
+"""Largest allowed ``|R^T R - I|`` entry of the direction-cosine matrix ``R = [read, phase, slice]``."""
+
+IDENTITY_DIRECTIONS = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 
 
 class HeaderError(ValueError):
@@ -176,14 +185,47 @@ def parse_header(header: xsd.ismrmrdHeader | str | bytes) -> tuple[SequenceParam
     return seq, info
 
 
+Directions = tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]]
+
+
+def checked_directions(read_dir, phase_dir, slice_dir, tol: float = ORTHONORMAL_TOL) -> tuple[Directions, str | None]:
+    """Direction cosines to use for ``(read, phase, slice)`` (each ``(3,)``), and a warning text or None.
+
+    Documented fallback: the three vectors are used as given when ``R = [read, phase, slice]`` is orthonormal
+    within ``tol``. If read and phase are orthonormal but slice is zero, slice = read x phase (right-handed, as
+    the identity). Anything else - all zero (ISMRMRD's default, which some writers leave), NaN, not unit length
+    or not orthogonal - becomes the identity (read = x, phase = y, slice = z of the patient frame), with a
+    warning: the maps are then correct voxel by voxel, only their placement in patient space is unknown.
+    """
+    vecs = [np.asarray(v, dtype=float).reshape(3) for v in (read_dir, phase_dir, slice_dir)]
+    rot = np.column_stack(vecs)
+    if np.all(np.isfinite(rot)) and np.abs(rot.T @ rot - np.eye(3)).max() <= tol:
+        return tuple(tuple(float(x) for x in v) for v in vecs), None  # type: ignore[return-value]
+    rp = rot[:, :2]
+    if np.all(np.isfinite(rot)) and not np.any(vecs[2]) and np.abs(rp.T @ rp - np.eye(2)).max() <= tol:
+        sl = np.cross(vecs[0], vecs[1])
+        fixed = (tuple(map(float, vecs[0])), tuple(map(float, vecs[1])), tuple(map(float, sl)))
+        return fixed, "slice_dir is zero: using read_dir x phase_dir"  # type: ignore[return-value]
+    what = "all zero" if not np.any(rot) else "not orthonormal"
+    text = (f"direction cosines read={vecs[0].tolist()} phase={vecs[1].tolist()} slice={vecs[2].tolist()} are "
+            f"{what}: using the identity orientation (placement in patient space unknown)")
+    return IDENTITY_DIRECTIONS, text
+
+
 def geometry_from_acquisition(acq: ismrmrd.Acquisition, info: EncodingInfo) -> Geometry:
-    """Placement of the volume from the first imaging acquisition's header and the encoded sizes."""
+    """Placement of the volume from the first imaging acquisition's header and the encoded sizes.
+
+    Direction cosines go through :func:`checked_directions` (zero or non-orthonormal ones: warning, identity).
+    """
+    (read, phase, slc), problem = checked_directions(acq.read_dir, acq.phase_dir, acq.slice_dir)
+    if problem:
+        logger.warning("acquisition %d: %s", acq.scan_counter, problem)
     return Geometry(
         matrix=info.matrix,
         fov_mm=info.fov_mm,
         position=tuple(float(v) for v in acq.position),
-        read_dir=tuple(float(v) for v in acq.read_dir),
-        phase_dir=tuple(float(v) for v in acq.phase_dir),
-        slice_dir=tuple(float(v) for v in acq.slice_dir),
+        read_dir=read,
+        phase_dir=phase,
+        slice_dir=slc,
         patient_table_position=tuple(float(v) for v in acq.patient_table_position),
     )

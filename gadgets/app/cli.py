@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="write a seeded phantom acquisition as an ISMRMRD .h5 (with ground truth)",
                        description="Simulate the T2IR-prepared multi-echo GRE of a numerical phantom and write "
                                    "it as ISMRMRD (noise pre-scan, one acquisition per line and echo, truth in "
-                                   "/qmapinr_truth).")
+                                   "/dataset/qmapinr_truth).")
     p.add_argument("output", type=Path)
     add_sim_arguments(p)
     p.set_defaults(func=cmd_simulate)
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "acquisitions, receive the MRD images; write maps.h5, NIfTIs and maps.png.")
     p.add_argument("input", type=Path)
     p.add_argument("--out", type=Path, default=Path("out"), help="output folder (default %(default)s)")
-    p.add_argument("--no-truth", action="store_true", help="do not score against /qmapinr_truth")
+    p.add_argument("--no-truth", action="store_true", help="do not score against the stored truth")
     add_replay_arguments(p)
     p.set_defaults(func=cmd_replay)
 

@@ -5,7 +5,9 @@ nx)`` transposed. The affine maps voxel indices to RAS+ mm: columns are ``read_d
 ``slice_dir * dz`` (voxel size = ``field_of_view / matrix_size``) in ISMRMRD's patient coordinates (LPS, as
 DICOM), then the first two rows are negated (LPS -> RAS). The ISMRMRD ``position`` (centre of the volume) is
 put at voxel ``(nx // 2, ny // 2, nz // 2)``, which is where the project's centred FFT (DC at n // 2) puts the
-centre of the field of view. The map's name and unit are stored in the NIfTI ``descrip`` field.
+centre of the field of view. The map's name and unit are stored in the NIfTI ``descrip`` field. Zero or
+non-orthonormal direction cosines (ISMRMRD's default is all zero) fall back to the identity orientation with a
+warning (:func:`qmapinr.recon.mrdheader.checked_directions`), so the affine is always invertible.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import ismrmrd
 import numpy as np
 
 from qmapinr.gadgets.images import SERIES_INDEX, mrd_images_to_maps, robust_window
+from qmapinr.recon.mrdheader import checked_directions
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +36,10 @@ def image_affine(image: ismrmrd.Image) -> np.ndarray:
     """4x4 affine: voxel index ``(i, j, k)`` = (x, y, z) -> RAS+ mm (see the module docstring)."""
     matrix = np.array(image.matrix_size, dtype=float)
     vox = np.array(image.field_of_view, dtype=float) / matrix
-    rot = np.column_stack([np.array(image.read_dir, dtype=float), np.array(image.phase_dir, dtype=float),
-                           np.array(image.slice_dir, dtype=float)])
+    dirs, problem = checked_directions(image.read_dir, image.phase_dir, image.slice_dir)
+    if problem:
+        logger.warning("image series %d: %s", image.image_series_index, problem)
+    rot = np.column_stack(dirs)
     lin = rot * vox[None, :]
     centre = np.floor(matrix / 2)
     aff = np.eye(4)

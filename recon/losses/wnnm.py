@@ -42,6 +42,12 @@ Conventions (documented choices):
   and jumps when components cross the threshold. Its gradient (``w_i u_i v_i^T`` per group) is what matters;
   it is stiff (weights up to ``1 / sqrt(eps)``): use Adam-type steps or :func:`wnnm_prox_step`.
 
+* **Support.** With ``mask`` (bool, one per pixel) only patches lying entirely inside the mask take part: a
+  reference patch that reaches outside is dropped (weight 0) and such candidates are never matched. Outside the
+  object the maps are not determined by the data (no signal); patches that reach into it would tie the rim
+  voxels to arbitrary background values (docs/benchmarks/guards.md). Rim voxels stay regularised through the
+  patches inside the mask that cover them.
+
 Volumes ``(nz, ny, nx)`` are regularised slice-wise: see :func:`volume_to_slices`.
 """
 
@@ -73,6 +79,7 @@ class BlockMatch:
     ref_rows, ref_cols : int64 ``(G,)`` top-left corners of the reference patches
         (G = len(rows) * len(cols)).
     grid : ``(Hp, Wp)``.
+    valid : bool ``(b, G)``: the reference patch lies inside the mask (all True without a mask).
     """
 
     index: torch.Tensor
@@ -80,6 +87,7 @@ class BlockMatch:
     ref_rows: torch.Tensor
     ref_cols: torch.Tensor
     grid: tuple[int, int]
+    valid: torch.Tensor | None = None
 
 
 def volume_to_slices(vol: torch.Tensor) -> torch.Tensor:
@@ -157,8 +165,15 @@ def _ref_positions(n_pos: int, stride: int) -> torch.Tensor:
     return torch.tensor(pos, dtype=torch.int64)
 
 
+def _patches_inside(mask: torch.Tensor, patch: int) -> torch.Tensor:
+    """bool ``(b, Hp, Wp)``: the ``patch x patch`` patch at each top-left corner lies inside ``mask (b, H, W)``."""
+    m = mask.to(torch.float32)
+    cover = m.unfold(-1, patch, 1).sum(dim=-1).unfold(-2, patch, 1).sum(dim=-1)
+    return cover > patch * patch - 0.5
+
+
 def block_match(x: torch.Tensor, patch: int = 5, window: int = 7, n_similar: int = 3,
-                stride: int = 2) -> BlockMatch:
+                stride: int = 2, mask: torch.Tensor | None = None) -> BlockMatch:
     """Find the ``n_similar`` most similar patches of every reference patch (no gradient).
 
     Parameters
@@ -168,10 +183,11 @@ def block_match(x: torch.Tensor, patch: int = 5, window: int = 7, n_similar: int
     window : odd search-window size (pixels); offsets in ``[-(window//2), window//2]``.
     n_similar : Np, number of patches per group including the reference (``<= window^2``).
     stride : reference grid step (pixels).
+    mask : optional bool ``(b, H, W)``: only patches entirely inside it are matched (see the module docstring).
 
     Returns
     -------
-    :class:`BlockMatch`. Candidates outside the image are never chosen; if fewer than Np candidates exist
+    :class:`BlockMatch`. Candidates outside the image (or the mask) are never chosen; if fewer than Np candidates exist
     (tiny images) the reference is repeated.
     """
     b, n_par, h, w = x.shape
@@ -200,9 +216,17 @@ def block_match(x: torch.Tensor, patch: int = 5, window: int = 7, n_similar: int
         dj = off.repeat(window)
         cand_r = rows[None, :, None] + di[:, None, None]  # (O, Gr, 1)
         cand_c = cols[None, None, :] + dj[:, None, None]  # (O, 1, Gc)
-        valid = (cand_r >= 0) & (cand_r < hp) & (cand_c >= 0) & (cand_c < wp)  # (O, Gr, Gc)
+        valid = ((cand_r >= 0) & (cand_r < hp) & (cand_c >= 0) & (cand_c < wp))[None]  # (1, O, Gr, Gc)
+        ref_ok = torch.ones(b, rows.numel(), cols.numel(), dtype=torch.bool, device=x.device)
+        if mask is not None:
+            if mask.shape != (b, h, w):
+                raise ValueError(f"mask must be (b, H, W) = {(b, h, w)}, got {tuple(mask.shape)}")
+            inside = _patches_inside(mask.to(x.device), patch)  # (b, Hp, Wp)
+            cr, cc = cand_r.clamp(0, hp - 1), cand_c.clamp(0, wp - 1)
+            valid = valid & inside[:, cr, cc]
+            ref_ok = inside[:, rows][:, :, cols]
         centre = r * window + r
-        dist = dist.masked_fill(~valid[None], math.inf)
+        dist = dist.masked_fill(~valid, math.inf)
         dist[:, centre] = -1.0  # the reference always comes first, even against exact duplicates
         best_d, best_o = torch.topk(dist, n_similar, dim=1, largest=False)  # (b, Np, Gr, Gc)
         bad = ~torch.isfinite(best_d)
@@ -214,7 +238,7 @@ def block_match(x: torch.Tensor, patch: int = 5, window: int = 7, n_similar: int
         best_d = best_d.permute(0, 2, 3, 1).reshape(b, -1, n_similar)
     g_r, g_c = torch.meshgrid(rows, cols, indexing="ij")
     return BlockMatch(index=index, dist=best_d, ref_rows=g_r.reshape(-1), ref_cols=g_c.reshape(-1),
-                      grid=(hp, wp))
+                      grid=(hp, wp), valid=ref_ok.reshape(b, -1))
 
 
 def extract_groups(x: torch.Tensor, index: torch.Tensor, patch: int) -> torch.Tensor:
@@ -257,7 +281,7 @@ def _prepare(maps: torch.Tensor, sigma_noise, scale: ScaleSpec):
 def wnnm_loss(maps: torch.Tensor, sigma_noise: float | Sequence[float] | torch.Tensor, patch: int = 5,
               window: int = 7, n_similar: int = 3, stride: int = 2, eps: float = 1e-6, *,
               scale: ScaleSpec = "median", center: bool = True, energy_factor: float | None = None,
-              reduction: str = "mean") -> torch.Tensor:
+              reduction: str = "mean", mask: torch.Tensor | None = None) -> torch.Tensor:
     """WNNM regulariser of 2-D slices of parameter maps (see the module docstring).
 
     Parameters
@@ -272,7 +296,8 @@ def wnnm_loss(maps: torch.Tensor, sigma_noise: float | Sequence[float] | torch.T
     energy_factor : k in ``max(sigma_i^2 - k sigma_n^2, 0)``; default Np (the SUMMIT/Gu formula). For
         ``D > Np`` a pure-noise singular value is about ``sqrt(D) sigma_n``; ``energy_factor=D`` makes the
         threshold reach it.
-    reduction : ``"mean"`` over groups (default) or ``"sum"``.
+    reduction : ``"mean"`` over groups (default) or ``"sum"``; with ``mask`` over the groups inside it.
+    mask : optional bool ``(b, nz, ny)``: only patches entirely inside it count (module docstring, Support).
 
     Returns
     -------
@@ -281,7 +306,7 @@ def wnnm_loss(maps: torch.Tensor, sigma_noise: float | Sequence[float] | torch.T
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     _, xn, _, noise_var = _prepare(maps, sigma_noise, scale)
-    bm = block_match(xn, patch, window, n_similar, stride)
+    bm = block_match(xn, patch, window, n_similar, stride, mask=mask)
     groups = extract_groups(xn, bm.index, patch).flatten(0, 1)  # (G_all, D, Np)
     if center:
         groups = groups - groups.mean(dim=-1, keepdim=True)
@@ -297,6 +322,10 @@ def wnnm_loss(maps: torch.Tensor, sigma_noise: float | Sequence[float] | torch.T
         tol = tol * xn.detach().abs().amax()
         weights = weights * (sv.detach() > tol)
     per_group = (weights * sv).sum(dim=-1)
+    if mask is not None:
+        keep = bm.valid.flatten().to(per_group.dtype)
+        per_group = per_group * keep
+        return per_group.sum() / keep.sum().clamp_min(1.0) if reduction == "mean" else per_group.sum()
     return per_group.mean() if reduction == "mean" else per_group.sum()
 
 

@@ -27,6 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -250,10 +251,10 @@ class BartConfig(DictionaryFitConfig):
     threads: int = 1
     crop: float = 0.0
     pics_args: str = ""
-    coil_maps: str = "ecalib"  # "ecalib" (BART's ESPIRiT) or "qmapinr" (ratio maps + JSENSE refinement)
+    coil_maps: Literal["ecalib", "qmapinr"] = "ecalib"  # BART ESPIRiT or ratio maps + JSENSE
     # ecalib input: "contrast" (sign-aware LS combination over (tau, n); ESPIRiT maps median alignment 0.996
     # on the tiny object) or "avg" (plain `bart avg -w`: 0.91, and the T1 maps fail)
-    calib_data: str = "contrast"
+    calib_data: Literal["contrast", "avg"] = "contrast"
 
 
 def bart_recon(kspace: KSpace6D, cfg: BartConfig = BartConfig(), sens: np.ndarray | None = None) -> QuantMaps:

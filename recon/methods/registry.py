@@ -13,6 +13,7 @@ from qmapinr.recon.config import SummitConfig
 from qmapinr.recon.kspace import KSpace6D, QuantMaps
 from qmapinr.recon.methods.subspace import SubspaceConfig, subspace_recon
 from qmapinr.recon.methods.summit.solver import summit_recon
+from qmapinr.recon.methods.validate import check_maps, validate
 from qmapinr.recon.physics.dipole import b0_dir_from_geometry
 from qmapinr.recon.qsm.pipeline import QsmUnavailable, qsm_pipeline
 
@@ -80,8 +81,18 @@ def get_method(name: str) -> Method:
 
 
 def reconstruct(kspace: KSpace6D, chain: str, cfg: Any) -> QuantMaps:
-    """Run the solver of method ``chain`` with its typed ``cfg``; adds QSM and geometry."""
-    maps = get_method(chain).solve(kspace, cfg)
+    """Validate (:func:`~qmapinr.recon.methods.validate.validate`), run the solver of method ``chain`` with its
+    typed ``cfg``, check the maps (:func:`~qmapinr.recon.methods.validate.check_maps`); adds QSM and geometry.
+
+    ``info['warnings']`` lists what the validation adjusted or found missing (truncated scan, clipped WNNM
+    patch); the image stage writes it to the meta ``Warning`` of every image.
+    """
+    method = get_method(chain)
+    cfg, warnings = validate(cfg, kspace)
+    maps = method.solve(kspace, cfg)
+    check_maps(maps, chain)
+    notes = maps.info.setdefault("warnings", [])
+    notes.extend(w for w in warnings if w not in notes)
     if kspace.field_strength_t is None:
         log.info("no systemFieldStrength_T in the header: QSM assumes 3 T")
     maps = add_qsm(maps, kspace, b0_t=kspace.field_strength_t or 3.0)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -61,7 +62,7 @@ class SubspaceConfig(DictionaryFitConfig):
     init_cg_iters: int = 10
     rho: float = 0.05
     virtual_coils: int = 0  # 0 = no coil compression
-    coil_method: str = "ratio"  # estimate_coil_maps method
+    coil_method: Literal["ratio", "walsh"] = "ratio"  # estimate_coil_maps method
     coil_refine_iters: int = 4  # JSENSE alternations refining the estimated maps (0 = off)
     coil_width_z: int = 8  # k-space block (kz, ky, kx) parametrising the refined maps
     coil_width_y: int = 10

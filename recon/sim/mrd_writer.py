@@ -21,9 +21,11 @@ acquisitions are appended in blocks of that same type with h5py (per-acquisition
 whole ``data`` dataset at once and rebuilds each ``ismrmrd.Acquisition`` exactly as
 ``Dataset.read_acquisition`` does.
 
-Ground truth (optional) goes to the HDF5 group ``/qmapinr_truth``, written with h5py after the ismrmrd
-Dataset is closed: one float32 dataset per map (attribute ``units``), ``labels`` (int16, attribute
-``label_names`` = JSON {value: name}), ``mask``, optionally ``coil_sens`` (complex64
+Ground truth (optional) goes to the HDF5 group ``/dataset/qmapinr_truth`` (inside the one top-level MRD group,
+so that clients that take the only group of a file, e.g. python-ismrmrd-server's ``client.py``, read the file as
+it is; MRD readers ignore a subgroup whose name is not ``data``, ``xml``, ``waveforms`` or ``image_*``), written
+with h5py after the ismrmrd Dataset is closed: one float32 dataset per map (attribute ``units``), ``labels``
+(int16, attribute ``label_names`` = JSON {value: name}), ``mask``, optionally ``coil_sens`` (complex64
 ``(coils, nz, ny, nx)``); group attributes ``tissues`` (JSON), ``info`` (JSON) and ``config`` (JSON of the
 :class:`SimulationConfig`, or "null").
 """
@@ -46,7 +48,8 @@ from qmapinr.recon.sim.phantom import Phantom
 
 log = logging.getLogger(__name__)
 
-TRUTH_GROUP = "qmapinr_truth"
+TRUTH_GROUP = "dataset/qmapinr_truth"
+LEGACY_TRUTH_GROUP = "qmapinr_truth"  # top-level group of files written before the one-group layout
 MAP_UNITS = {"A": "a.u.", "T1": "ms", "T2": "ms", "T2star": "ms", "chi": "ppm", "B0": "Hz", "Phase0": "rad"}
 TICK_MS = 2.5  # ISMRMRD / Siemens time-stamp tick
 BLOCK = 4096  # acquisitions per h5py block write
@@ -190,7 +193,7 @@ def write_mrd(
     path : output .h5 file; an existing file is replaced when ``overwrite`` (ismrmrd would append to it).
     kspace : the measurement; ``meta['shot']``, ``meta['sample_time_us']``, ``field_strength_t`` and
         ``meta['config']`` are used when present.
-    phantom : ground truth to store under ``/qmapinr_truth``, or None.
+    phantom : ground truth to store under ``/dataset/qmapinr_truth``, or None.
     header : header to write instead of ``build_header(kspace.seq, kspace.geometry, ncoils)``.
     use_append : write every acquisition with ``ismrmrd.Dataset.append_acquisition`` (slow reference path).
     """
@@ -226,8 +229,9 @@ def write_mrd(
 
 def _write_truth(path: Path, phantom: Phantom, config: dict | None) -> None:
     with h5py.File(path, "a") as f:
-        if TRUTH_GROUP in f:
-            del f[TRUTH_GROUP]
+        for name in (TRUTH_GROUP, LEGACY_TRUTH_GROUP):
+            if name in f:
+                del f[name]
         g = f.create_group(TRUTH_GROUP)
         for name, arr in phantom.maps.items():
             d = g.create_dataset(name, data=np.asarray(arr, dtype=np.float32))
@@ -246,12 +250,14 @@ def _write_truth(path: Path, phantom: Phantom, config: dict | None) -> None:
 def read_truth(path: str | Path) -> Phantom | None:
     """The ground truth stored by :func:`write_mrd`, or None if the file has none.
 
+    Read from ``/dataset/qmapinr_truth`` (or the top-level ``/qmapinr_truth`` of older files).
     ``info['config']`` holds the simulation config dict (or None).
     """
     with h5py.File(path, "r") as f:
-        if TRUTH_GROUP not in f:
+        name = next((n for n in (TRUTH_GROUP, LEGACY_TRUTH_GROUP) if n in f), None)
+        if name is None:
             return None
-        g = f[TRUTH_GROUP]
+        g = f[name]
         maps = {k: g[k][()] for k in MAP_UNITS if k in g}
         labels = g["labels"][()]
         names = {int(k): v for k, v in json.loads(g["labels"].attrs["label_names"]).items()}

@@ -34,3 +34,28 @@ def test_field_names_lists_nested_fields():
     names = field_names(SummitConfig)
     assert {"epochs", "map_grid.n_levels", "coil_grid.base_resolution"} <= names
     assert "map_grid" not in names
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("coil_mode", "espirit", "inr, jsense, ratio"),
+    ("forward", "fast", "structured, exact"),
+    ("init", "zeros", "echo, dictionary, flat"),
+    ("device", "gpu", "auto, cpu, cuda"),
+    ("map_grid.implementation", "cuda", "auto, torch, tcnn"),
+])
+def test_literal_options_are_checked_at_parse_time(key, value, allowed):
+    with pytest.raises(ConfigError, match=f"{key}='{value}' is not allowed; use one of: {allowed}"):
+        from_properties(SummitConfig, {key: value})
+
+
+def test_literal_values_parse_case_insensitively_to_the_canonical_spelling():
+    cfg = from_properties(SummitConfig, {"forward": "Exact", "coil_grid.implementation": "TORCH"})
+    assert cfg.forward == "exact" and cfg.coil_grid.implementation == "torch"
+
+
+def test_check_literals_catches_a_directly_built_config():
+    from qmapinr.recon.config import check_literals
+
+    check_literals(SummitConfig())
+    with pytest.raises(ConfigError, match="SummitConfig.map_grid.implementation='gpu'"):
+        check_literals(SummitConfig(map_grid=HashGridConfig(implementation="gpu")))

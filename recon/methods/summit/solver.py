@@ -23,11 +23,13 @@ from qmapinr.recon.calibration.coilmaps import coil_compress, estimate_coil_maps
 from qmapinr.recon.calibration.jsense import refine_coil_maps
 from qmapinr.recon.calibration.noise import estimate_sigma_from_noise_scan
 from qmapinr.recon.config import SummitConfig
+from qmapinr.recon.inr.heads import MAG_PARAMS
 from qmapinr.recon.kspace import KSpace6D, QuantMaps
 from qmapinr.recon.losses.data_consistency import l1_complex
 from qmapinr.recon.losses.wnnm import wnnm_loss
 from qmapinr.recon.methods.summit.initial import InitialMaps, initial_maps
 from qmapinr.recon.methods.summit.model import SummitField
+from qmapinr.recon.methods.validate import check_loss, check_maps, check_support, validate
 from qmapinr.recon.physics.dictionary import default_dictionary
 from qmapinr.recon.physics.fft import readout_ifft
 from qmapinr.recon.physics.forward import ExactForward, LineSubspaceOp, StructuredForward
@@ -72,20 +74,37 @@ WNNM_GROUPS = (("lambda_a", ("A",)), ("lambda_t1_phase", ("T1", "B0")), ("lambda
 """SUMMIT's three jointly regularised groups: A; T1 + phase (the B0 map); T2 + T2*."""
 
 
-def _wnnm_terms(maps: dict[str, torch.Tensor], cfg: SummitConfig, levels: dict[str, tuple[float, float]]
-                ) -> torch.Tensor:
-    """sum_g lambda_g WNNM(group g) on the (bx, nz, ny) slices of the batch, each map in units of its scale."""
+def _wnnm_terms(maps: dict[str, torch.Tensor], cfg: SummitConfig, levels: dict[str, tuple[float, float]],
+                support: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_g lambda_g WNNM(group g) on the (bx, nz, ny) slices of the batch.
+
+    ``support`` (bool ``(bx, nz, ny)``, used when ``cfg.wnnm_in_support``): only patches inside the support mask
+    are regularised, so background voxels without signal never enter a patch group with the rim.
+
+    ``cfg.wnnm_domain == 'log'``: A, T1, T2, T2* enter as ``log(map)`` (noise ``sigma / scale``, relative), the
+    phase map B0 in units of its scale; ``'linear'``: every map in units of its scale.
+    """
     # weight floor eps = sigma^2 (normalised units): the largest weight is 1/sigma instead of 1/sqrt(1e-6), so
     # noise-level components are shrunk hard but the regulariser cannot out-vote the data everywhere.
     rel = max(levels["T1"][1] / levels["T1"][0], 1e-3)
-    kw = dict(patch=cfg.wnnm_patch, window=cfg.wnnm_window, n_similar=cfg.wnnm_similar, eps=rel**2)
+    kw = dict(patch=cfg.wnnm_patch, window=cfg.wnnm_window, n_similar=cfg.wnnm_similar, eps=rel**2,
+              mask=support if cfg.wnnm_in_support else None)
     total = maps["T1"].new_zeros(())
+    log_domain = cfg.wnnm_domain == "log"
     for attr, names in WNNM_GROUPS:
         lam = getattr(cfg, attr)
         if lam > 0:
-            stack = torch.stack([maps[n] for n in names], dim=1)
-            total = total + lam * wnnm_loss(stack, [levels[n][1] for n in names],
-                                            scale=[levels[n][0] for n in names], **kw)
+            vals, sig, scale = [], [], []
+            for n in names:
+                if log_domain and n in MAG_PARAMS:  # relative units: sigma_log = sigma / value
+                    vals.append(maps[n].clamp_min(1e-12).log())
+                    sig.append(levels[n][1] / levels[n][0])
+                    scale.append(1.0)
+                else:
+                    vals.append(maps[n])
+                    sig.append(levels[n][1])
+                    scale.append(levels[n][0])
+            total = total + lam * wnnm_loss(torch.stack(vals, dim=1), sig, scale=scale, **kw)
     return total
 
 
@@ -253,6 +272,7 @@ def fit(model: nn.Module, loss_fn: BatchLoss, nx: int, cfg: SummitConfig, device
         for xb in order.split(cfg.batch_x):
             timer.mark("other")
             loss, dc = loss_fn(model, xb.to(device), epoch, timer)
+            check_loss(float(loss.detach()), epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -301,7 +321,8 @@ class SummitLoss:
         if self.dc_ref is None:
             self.dc_ref = float(dc.detach())  # lambdas are relative to the initial data-consistency loss
         if self.wnnm_on and epoch >= self.cfg.wnnm_start_epoch:
-            loss = loss + self.dc_ref * _wnnm_terms(maps, self.cfg, self.prep.levels)
+            support = self.prep.mask.to(xb.device).permute(2, 0, 1)[xb]  # (bx, nz, ny)
+            loss = loss + self.dc_ref * _wnnm_terms(maps, self.cfg, self.prep.levels, support)
         timer.mark("loss")
         return loss, dc
 
@@ -330,21 +351,32 @@ def summit_recon(kspace: KSpace6D, cfg: SummitConfig | None = None,
     Returns
     -------
     :class:`QuantMaps`: float32 ``(nz, ny, nx)`` maps (0 outside ``mask``), ``info`` with the loss history,
-    stage timings, data scale and settings.
+    stage timings, data scale, the settings used and ``warnings``.
+
+    Raises
+    ------
+    ConfigError : a setting that cannot work on this data, before any work
+        (:func:`~qmapinr.recon.methods.validate.validate`; a WNNM patch larger than a thin slab is clipped to
+        ``min(wnnm_patch, nz, ny)`` with a warning instead, so the default chain runs on 4 slices).
+    ReconstructionError : data without signal or corrupt, an empty support mask, a non-finite loss, or maps
+        that are not finite.
     """
-    cfg = cfg or SummitConfig()
+    cfg, warnings = validate(cfg or SummitConfig(), kspace)  # before any work; idempotent
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     t_start = time.perf_counter()
     prep = prepare(kspace, cfg)
+    check_support(prep.mask, prep.kspace)
     model = build_field(prep, cfg)
     result = fit(model, SummitLoss(prep, cfg), prep.kspace.geometry.matrix[0], cfg, prep.device, callback)
     timings = dict(prep.timings, **result.timings)
     out = final_maps(model, prep.hybrid, prep.fwd, prep.kspace, prep.mask, prep.scale, cfg.batch_x)
     timings["total_s"] = time.perf_counter() - t_start - timings.pop("callback_s")
     out.info.update({"history": result.history, "timings": timings, "scale": prep.scale, "config": cfg,
-                     "sigma_noise": prep.sigma, "init": {k: v.numpy() for k, v in prep.init.maps.items()}})
+                     "sigma_noise": prep.sigma, "init": {k: v.numpy() for k, v in prep.init.maps.items()},
+                     "warnings": warnings})
+    check_maps(out, "summit")
     return out
 
 

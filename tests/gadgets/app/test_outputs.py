@@ -72,3 +72,55 @@ def test_truth_panel_adds_rows(tmp_path, qmaps_images):
 def test_write_outputs_rejects_empty(tmp_path):
     with pytest.raises(ValueError, match="no images"):
         write_outputs([], tmp_path)
+
+
+def _image(geometry_dirs, position=(10.0, -20.0, 30.0)):
+    from qmapinr.recon.kspace import Geometry
+
+    read, phase, slc = geometry_dirs
+    g = Geometry(matrix=(8, 6, 4), fov_mm=(16.0, 18.0, 20.0), position=position, read_dir=read, phase_dir=phase,
+                 slice_dir=slc)
+    qm = QuantMaps({"T1": np.ones((4, 6, 8), np.float32)}, mask=np.ones((4, 6, 8), bool))
+    return maps_to_mrd_images(qm, g)[0]
+
+
+def test_affine_follows_an_oblique_acquisition_geometry():
+    c, s = np.cos(0.3), np.sin(0.3)
+    read, phase = (c, s, 0.0), (-s, c, 0.0)
+    slc = tuple(np.cross(read, phase))
+    aff = image_affine(_image((read, phase, slc)))
+    vox = np.array([2.0, 3.0, 5.0])
+    lps = np.column_stack([read, phase, slc]) * vox
+    np.testing.assert_allclose(aff[:3, :3], np.diag([-1, -1, 1]) @ lps, atol=1e-6)
+    centre = aff @ np.array([4, 3, 2, 1.0])  # voxel (nx//2, ny//2, nz//2) sits at the ISMRMRD position
+    np.testing.assert_allclose(centre[:3], [-10.0, 20.0, 30.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("dirs, expected_slice, warned", [
+    (((0, 0, 0), (0, 0, 0), (0, 0, 0)), (0, 0, 1), "all zero"),  # ISMRMRD's default
+    (((1, 0, 0), (1, 0, 0), (0, 0, 1)), (0, 0, 1), "not orthonormal"),
+    (((0, 1, 0), (1, 0, 0), (0, 0, 0)), (0, 0, -1), "slice_dir is zero"),  # slice = read x phase
+])
+def test_bad_direction_cosines_fall_back_with_a_warning(tmp_path, caplog, dirs, expected_slice, warned):
+    from qmapinr.gadgets.app.outputs import write_nifti
+    from qmapinr.recon.mrdheader import checked_directions
+
+    (read, phase, slc), problem = checked_directions(*dirs)
+    assert warned in problem and slc == pytest.approx(expected_slice)
+    image = _image(dirs)
+    with caplog.at_level("WARNING"):
+        path = write_nifti(image, tmp_path / "t1.nii.gz", "T1", "ms")  # used to crash on a singular affine
+    assert warned in caplog.text
+    aff = nib.load(str(path)).affine
+    assert abs(np.linalg.det(aff[:3, :3])) == pytest.approx(2.0 * 3.0 * 5.0)
+
+
+def test_geometry_from_acquisition_uses_the_fallback(caplog):
+    from qmapinr.recon.mrdheader import EncodingInfo, geometry_from_acquisition
+
+    acq = ismrmrd.Acquisition.from_array(np.zeros((1, 8), np.complex64))  # direction cosines left at 0
+    info = EncodingInfo((8, 6, 4), (16.0, 18.0, 20.0), (8, 6, 4), (16.0, 18.0, 20.0), 1)
+    with caplog.at_level("WARNING"):
+        g = geometry_from_acquisition(acq, info)
+    assert (g.read_dir, g.phase_dir, g.slice_dir) == ((1, 0, 0), (0, 1, 0), (0, 0, 1))
+    assert "identity orientation" in caplog.text

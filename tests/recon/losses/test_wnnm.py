@@ -237,3 +237,21 @@ def test_invalid_inputs():
         wnnm_loss(torch.ones(8, 8), 1.0)  # no batch dimension
     with pytest.raises(ValueError):
         wnnm_loss(torch.ones(1, 2, 8, 8), [1.0, 2.0, 3.0])  # 3 sigmas for 2 parameters
+
+
+def test_mask_keeps_background_out_of_the_patch_groups():
+    """Only patches inside the mask count: no gradient reaches pixels outside it, a full mask changes nothing."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 2, 12, 14, generator=gen, requires_grad=True)
+    mask = torch.zeros(2, 12, 14, dtype=torch.bool)
+    mask[:, 2:10, 3:12] = True
+    wnnm_loss(x, 0.01, mask=mask).backward()
+    grad = x.grad.abs().sum(1)
+    assert float(grad[~mask].max()) == 0.0 and float(grad[mask].max()) > 0.0
+    full = torch.ones_like(mask)
+    x = x.detach()
+    assert float(wnnm_loss(x, 0.01, mask=full)) == pytest.approx(float(wnnm_loss(x, 0.01)), rel=1e-6)
+    background = x.clone()
+    background[:, :, ~mask[0]] = 1e3  # arbitrary values where there is no signal leave the loss unchanged
+    assert float(wnnm_loss(background, 0.01, mask=mask, scale=[1.0, 1.0])) == pytest.approx(
+        float(wnnm_loss(x, 0.01, mask=mask, scale=[1.0, 1.0])), rel=1e-6)

@@ -124,3 +124,20 @@ def test_fixture_is_current():
     assert np.array_equal(seg, ks.seg) and np.array_equal(shot, ks.meta["shot"])
     for k in ph.maps:
         assert np.allclose(tr.maps[k], ph.maps[k], rtol=1e-6, atol=1e-6)
+
+
+def test_one_top_level_group_with_the_truth_inside(small_file, tmp_path):
+    """python-ismrmrd-server's client.py takes the only group of a file; a second group needs -g."""
+    path, _, ph = small_file
+    with h5py.File(path, "r") as f:
+        assert list(f.keys()) == ["dataset"]
+        assert "qmapinr_truth" in f["dataset"]
+    with ismrmrd.Dataset(str(path), "dataset", mode="r") as dset:  # MRD readers still see data + xml
+        assert {"data", "xml"} <= set(dset.list())
+    np.testing.assert_array_equal(read_truth(path).maps["T1"], ph.maps["T1"])
+    legacy = tmp_path / "legacy.h5"  # files written before the one-group layout are still read
+    with h5py.File(path, "r") as src, h5py.File(legacy, "w") as dst:
+        src.copy("dataset", dst)
+        src.copy("dataset/qmapinr_truth", dst, name="qmapinr_truth")
+        del dst["dataset/qmapinr_truth"]
+    np.testing.assert_array_equal(read_truth(legacy).maps["T1"], ph.maps["T1"])
