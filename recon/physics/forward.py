@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from qmapinr.recon.kspace import SequenceParams
-from qmapinr.recon.physics.fft import fftc, ifftc
+from qmapinr.recon.physics.fft import centred_line_phase, fftc
 from qmapinr.recon.physics.linop import LinearOperator
 from qmapinr.recon.physics.signal import echo_factors, prep_coefficients, signal, steady_state_terms
 
@@ -29,6 +29,13 @@ class LineSubspaceOp(LinearOperator):
     """Linear map ``coeff (..., natoms, nz, ny) -> lines (..., nlines)``.
 
     ``y_l = sum_a basis[tau_l, seg_l, a] * FFT2(coeff[..., a, :, :])[kz_l, ky_l]`` with the centred unitary FFT.
+
+    Implementation (no rolls, no per-tau zero-fills): a plain FFT, then ONE flat gather of the ``A`` atoms that
+    are active at each line's tau (``A`` = the most any tau has; padding entries have coefficient 0), and a
+    contraction with ``coef (nlines, A)`` = the basis rows times the centring phase of
+    :func:`~qmapinr.recon.physics.fft.centred_line_phase`. The gather's backward is one ``index_add`` into the
+    dense k-space gradient the FFT's backward needs anyway. :meth:`reference_forward` is the straightforward
+    per-tau version (centred FFT, gather, contract), kept for the equivalence tests.
 
     Parameters
     ----------
@@ -42,33 +49,42 @@ class LineSubspaceOp(LinearOperator):
         self.basis = basis
         self.nz, self.ny = shape_zy
         self.nlines = int(ky.shape[0])
-        spatial = kz * self.ny + ky
-        self.groups = []  # per tau: (line positions, spatial index, active atoms, basis (L_t, A_t))
-        for t in range(basis.shape[0]):
-            pos = torch.nonzero(tau == t).flatten()
-            if pos.numel() == 0:
-                continue
-            active = torch.nonzero(basis[t].abs().amax(dim=0) > 0).flatten()
-            b = basis[t][seg[pos]][:, active]  # (L_t, A_t)
-            self.groups.append((pos, spatial[pos], active, b))
+        self.natoms = basis.shape[-1]
+        self.lines = (ky, kz, seg, tau)
+        jz, pz = centred_line_phase(kz, self.nz)
+        jy, py = centred_line_phase(ky, self.ny)
+        plain = jz * self.ny + jy  # (nlines,) index into the plain-FFT (nz*ny) plane
+        active = [torch.nonzero(basis[t].abs().amax(dim=0) > 0).flatten() for t in range(basis.shape[0])]
+        width = max(1, max(a.numel() for a in active))
+        atoms = torch.zeros(basis.shape[0], width, dtype=torch.int64, device=ky.device)
+        valid = torch.zeros(basis.shape[0], width, dtype=torch.bool, device=ky.device)
+        for t, a in enumerate(active):
+            atoms[t, : a.numel()], valid[t, : a.numel()] = a, True
+        atom_l = atoms[tau]  # (nlines, A)
+        rows = basis[tau, seg]  # (nlines, natoms)
+        coef = torch.gather(rows, 1, atom_l).to(torch.complex128) * valid[tau]
+        coef = coef * (pz * py).to(coef.device)[:, None]
+        self.width = width
+        self.flat = (atom_l * (self.nz * self.ny) + plain[:, None]).flatten()  # (nlines*A,)
+        self.coef = coef.to(torch.complex64)  # (nlines, A)
 
     def forward(self, coeff: torch.Tensor) -> torch.Tensor:
-        k = fftc(coeff, dims=(-2, -1)).flatten(-2)  # (..., natoms, nz*ny)
-        out = k.new_zeros(k.shape[:-2] + (self.nlines,))
-        for pos, sp, active, b in self.groups:
-            g = k.index_select(-2, active).index_select(-1, sp)  # (..., A_t, L_t)
-            out = out.index_copy(-1, pos, (g * b.T.to(g.dtype)).sum(dim=-2))
-        return out
+        k = torch.fft.fftn(coeff, dim=(-2, -1), norm="ortho").flatten(-3)  # (..., natoms*nz*ny)
+        idx = self.flat.expand(k.shape[:-1] + self.flat.shape)  # a view: no index copy per batch dim
+        g = torch.gather(k, -1, idx).unflatten(-1, (self.nlines, self.width))  # (..., L, A); backward: scatter_add
+        return (g * self.coef).sum(-1)
 
     def adjoint(self, lines: torch.Tensor) -> torch.Tensor:
-        natoms = self.basis.shape[-1]
-        k = lines.new_zeros(lines.shape[:-1] + (natoms, self.nz * self.ny))
-        for pos, sp, active, b in self.groups:
-            y = lines.index_select(-1, pos)  # (..., L_t)
-            contrib = y[..., None, :] * b.T.conj().to(y.dtype)  # (..., A_t, L_t)
-            ka = k.index_select(-2, active).index_add(-1, sp, contrib)
-            k = k.index_copy(-2, active, ka)
-        return ifftc(k.unflatten(-1, (self.nz, self.ny)), dims=(-2, -1))
+        contrib = (lines[..., :, None] * self.coef.conj()).flatten(-2)  # (..., L*A)
+        k = lines.new_zeros(lines.shape[:-1] + (self.natoms * self.nz * self.ny,))
+        k.index_add_(-1, self.flat, contrib)
+        return torch.fft.ifftn(k.unflatten(-1, (self.natoms, self.nz, self.ny)), dim=(-2, -1), norm="ortho")
+
+    def reference_forward(self, coeff: torch.Tensor) -> torch.Tensor:
+        """The straightforward evaluation (centred FFT of every atom, per-line gather and contraction)."""
+        ky, kz, seg, tau = self.lines
+        k = fftc(coeff, dims=(-2, -1))[..., kz, ky]  # (..., natoms, L)
+        return (k * self.basis[tau, seg].T.to(k.dtype)).sum(-2)
 
 
 def qn_basis(seq: SequenceParams, rank: int, t1_range_ms: tuple[float, float] = (50.0, 6000.0),
