@@ -161,3 +161,82 @@ class ExactForward:
         img = s[:, None] * sens[:, :, None, None, None]  # (bx, C, nte, ntau, nseg, nz, ny)
         k = fftc(img, dims=(-2, -1))
         return k.flatten(-4).index_select(-1, self.flat)
+
+
+def voxel_qn_basis(q: torch.Tensor, nseg: int, tol: float = 1e-6, max_rows: int = 2048) -> tuple[torch.Tensor, float]:
+    """Orthonormal float64 basis ``(K, nseg)`` of ``q^n`` (n = 0..nseg-1) for the given per-voxel ``q``.
+
+    K is the smallest rank whose worst relative L2 projection error over the distinct ``q`` values (at most
+    ``max_rows`` quantiles of them) is below ``tol``; returns the basis and that error.
+    """
+    u = torch.unique(q.to(torch.float64))
+    if u.numel() > max_rows:
+        u = torch.quantile(u, torch.linspace(0, 1, max_rows, dtype=torch.float64))
+    d = u[:, None] ** torch.arange(nseg, dtype=torch.float64)
+    _, _, vh = torch.linalg.svd(d, full_matrices=False)
+    norm = d.norm(dim=1).clamp_min(1e-300)
+    for k in range(1, vh.shape[0] + 1):
+        v = vh[:k]
+        err = float(((d - (d @ v.T) @ v).norm(dim=1) / norm).max())
+        if err < tol:
+            return v, err
+    return vh, 0.0
+
+
+def synthesize_lines(hs: torch.Tensor, a: torch.Tensor, b: torch.Tensor, q: torch.Tensor, index: np.ndarray,
+                     shape: tuple[int, int, int], sens: np.ndarray, ky: np.ndarray, kz: np.ndarray, seg: np.ndarray,
+                     tau: np.ndarray, nseg: int, tol: float = 1e-6, max_elements: int = 1 << 25) -> np.ndarray:
+    """Sampled k-space lines of ``S(v, te, tau, n) = hs[v, te] (a[v, tau] + b[v, tau] q[v]^n)`` times coil maps.
+
+    The same structured low-rank identity the forward uses, made exact to ``tol``: ``q^n = sum_k alpha_k V_k(n)``
+    with a basis of the voxels' own ``q`` (:func:`voxel_qn_basis`), so per (tau, TE, coil) only ``1 + K``
+    3-D FFTs of coefficient images are needed instead of one per readout ``n``; each line is the basis
+    contraction at its (kz, ky). Centred unitary 3-D FFT; the shifts are folded into the voxel scatter, the coil
+    maps and the line indices (no roll of any volume).
+
+    Parameters
+    ----------
+    hs : complex ``(nv, nte)``; a, b : real or complex ``(nv, ntau)``; q : real ``(nv,)`` — over the voxels
+        ``index`` (flat int indices into ``shape`` = (nz, ny, nx)); voxels not listed are 0.
+    sens : complex ``(C, nz, ny, nx)`` coil maps.
+    ky, kz, seg, tau : int ``(nlines,)`` sampled lines.
+    max_elements : working-set bound (complex64 elements) of one coil chunk of coefficient volumes.
+
+    Returns
+    -------
+    complex64 ``(C, nte, nlines, nx)``, kx centred.
+    """
+    nz, ny, nx = shape
+    ncoils, nte, nvox = sens.shape[0], hs.shape[1], nz * ny * nx
+    v, _ = voxel_qn_basis(q, nseg, tol)
+    n = torch.arange(nseg, dtype=torch.float64)
+    alpha = torch.cat([(q[i:i + 65536, None].to(torch.float64) ** n) @ v.T
+                       for i in range(0, q.shape[0], 65536)]) if q.numel() else torch.zeros(0, v.shape[0])
+    zi, yi, xi = np.unravel_index(index, shape)
+    idx_sh = torch.from_numpy(np.ravel_multi_index(((zi - nz // 2) % nz, (yi - ny // 2) % ny,
+                                                    (xi - nx // 2) % nx), shape))
+    sens_sh = torch.from_numpy(np.ascontiguousarray(np.fft.ifftshift(sens, axes=(-3, -2, -1)),
+                                                    dtype=np.complex64)).reshape(ncoils, 1, nvox)
+    kz_sh = torch.from_numpy((np.asarray(kz) - nz // 2) % nz)
+    ky_sh = torch.from_numpy((np.asarray(ky) - ny // 2) % ny)
+    natoms = 1 + v.shape[0]
+    cchunk = max(1, max_elements // (natoms * nvox))
+    data = np.zeros((ncoils, nte, len(ky), nx), dtype=np.complex64)
+    tau, seg = np.asarray(tau), np.asarray(seg)
+    for t in range(a.shape[1]):
+        pos = np.flatnonzero(tau == t)
+        if pos.size == 0:
+            continue
+        w = torch.cat([a[:, t:t + 1], b[:, t:t + 1] * alpha], 1)  # (nv, natoms)
+        coef = torch.cat([torch.ones(pos.size, 1, dtype=torch.float64), v[:, seg[pos]].T], 1)
+        coef = coef.to(torch.complex64)  # (L_t, natoms)
+        kz_t, ky_t = kz_sh[pos], ky_sh[pos]
+        for e in range(nte):
+            vol = torch.zeros(natoms, nvox, dtype=torch.complex64)
+            vol[:, idx_sh] = (hs[:, e:e + 1] * w).T.to(torch.complex64)
+            for c0 in range(0, ncoils, cchunk):
+                img = (vol * sens_sh[c0:c0 + cchunk]).reshape(-1, natoms, nz, ny, nx)
+                k = torch.fft.fftn(img, dim=(-3, -2, -1), norm="ortho")[:, :, kz_t, ky_t, :]  # (cc, A, L_t, nx)
+                lines = torch.einsum("cald,la->cld", k, coef)
+                data[c0:c0 + cchunk, e, pos, :] = np.fft.fftshift(lines.numpy(), axes=-1)
+    return data
