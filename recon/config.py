@@ -73,7 +73,8 @@ class SummitConfig:
     lr: float = 1e-2
     lr_step: int = 20
     lr_gamma: float = 0.5
-    batch_x: int = 4
+    batch_x: int = 4  # readout positions per Adam step (capped by memory_budget_mb)
+    memory_budget_mb: float = 2048.0  # working set of one x batch (MiB); 0 = batch_x as given
     hidden: int = 64
     layers: int = 3
     map_grid: HashGridConfig = field(default_factory=HashGridConfig)

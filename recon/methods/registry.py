@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,9 +80,14 @@ def get_method(name: str) -> Method:
         raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
 
 
-def reconstruct(kspace: KSpace6D, chain: str, cfg: Any) -> QuantMaps:
-    """Run the solver of method ``chain`` with its typed ``cfg``; adds QSM and geometry."""
-    maps = get_method(chain).solve(kspace, cfg)
+def reconstruct(kspace: KSpace6D, chain: str, cfg: Any, progress=None) -> QuantMaps:
+    """Run the solver of method ``chain`` with its typed ``cfg``; adds QSM and geometry.
+
+    ``progress`` (a :data:`~qmapinr.recon.methods.progress.ProgressCallback`) is passed to solvers that take one.
+    """
+    solve = get_method(chain).solve
+    takes = progress is not None and "progress" in inspect.signature(solve).parameters
+    maps = solve(kspace, cfg, progress=progress) if takes else solve(kspace, cfg)
     if kspace.field_strength_t is None:
         log.info("no systemFieldStrength_T in the header: QSM assumes 3 T")
     maps = add_qsm(maps, kspace, b0_t=kspace.field_strength_t or 3.0)
