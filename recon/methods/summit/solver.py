@@ -263,11 +263,11 @@ def fit(model: nn.Module, loss_fn: BatchLoss, nx: int, cfg: SummitConfig, device
     excluded = 0.0
     for epoch in range(cfg.epochs):
         model.set_epoch(epoch)
-        order = torch.randperm(nx, generator=gen)
+        order = torch.randperm(nx, generator=gen).to(device)  # one copy per epoch, batches are views
         dc_sum = torch.zeros((), device=device)
         for xb in order.split(bx):
             timer.mark("other")
-            loss, dc = loss_fn(model, xb.to(device), epoch, timer)
+            loss, dc = loss_fn(model, xb, epoch, timer)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
