@@ -25,8 +25,9 @@ from qmapinr.recon.kspace import KSpace6D
 
 
 @functools.lru_cache(maxsize=64)
-def _modulation(sizes: tuple[int, ...], inverse: bool, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input, output) modulation over the transformed dims, shape ``sizes``; real float32 when all sizes are even."""
+def _modulation(sizes: tuple[int, ...], inverse: bool, device: str, double: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input, output) modulation over the transformed dims, shape ``sizes``; real when all sizes are even;
+    float64/complex128 for ``double`` inputs, else float32/complex64."""
     s = -1.0 if inverse else 1.0
     m_in = np.ones((), dtype=np.complex128)
     m_out = np.ones((), dtype=np.complex128)
@@ -36,15 +37,19 @@ def _modulation(sizes: tuple[int, ...], inverse: bool, device: str) -> tuple[tor
         m_in = np.multiply.outer(m_in, ramp)
         m_out = np.multiply.outer(m_out, ramp) * np.exp(-s * 2j * np.pi * c * c / n)
     if all(n % 2 == 0 for n in sizes):
-        return (torch.from_numpy(m_in.real.astype(np.float32)).to(device),
-                torch.from_numpy(m_out.real.astype(np.float32)).to(device))
-    return (torch.from_numpy(m_in.astype(np.complex64)).to(device),
-            torch.from_numpy(m_out.astype(np.complex64)).to(device))
+        m_in, m_out = m_in.real, m_out.real
+        dt = np.float64 if double else np.float32
+    else:
+        dt = np.complex128 if double else np.complex64
+    return (torch.from_numpy(m_in.astype(dt)).to(device), torch.from_numpy(m_out.astype(dt)).to(device))
 
 
 def _centred(x: torch.Tensor, dims: tuple[int, ...], inverse: bool) -> torch.Tensor:
     dims = tuple(sorted(d % x.dim() for d in dims))
-    m_in, m_out = _modulation(tuple(x.shape[d] for d in dims), inverse, str(x.device))
+    if not x.is_complex():
+        x = x.to(torch.complex64)
+    double = x.dtype == torch.complex128
+    m_in, m_out = _modulation(tuple(x.shape[d] for d in dims), inverse, str(x.device), double)
     view = [1] * x.dim()
     for d in dims:
         view[d] = x.shape[d]
@@ -52,10 +57,8 @@ def _centred(x: torch.Tensor, dims: tuple[int, ...], inverse: bool) -> torch.Ten
         m_in, m_out = m_in.reshape(view), m_out.reshape(view)
     else:
         m_in, m_out = m_in.reshape(view[dims[0]:]), m_out.reshape(view[dims[0]:])
-    if not x.is_complex():
-        x = x.to(torch.complex64)
     fn = torch.fft.ifftn if inverse else torch.fft.fftn
-    return fn(x * m_in.to(x.real.dtype if not m_in.is_complex() else x.dtype), dim=dims, norm="ortho") * m_out
+    return fn(x * m_in, dim=dims, norm="ortho") * m_out
 
 
 def fftc(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
