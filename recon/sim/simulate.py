@@ -275,11 +275,13 @@ def simulate(cfg: SimulationConfig) -> tuple[KSpace6D, Phantom]:
     fac = voxel_factors(phantom, seq, shot_tau)
     # Only the sampled lines: 1 + K FFTs per signal class (a tau's periodic signal, or one start-up-transient
     # shot's own), TE and coil, through the low-rank q^n identity (exact to 1e-6; physics.forward).
-    transient = np.flatnonzero(np.asarray(fac.transient))
-    is_tr = np.asarray(fac.transient)[lines.shot] if lines.nlines else np.zeros(0, dtype=bool)
+    tr_mask = np.zeros(0, dtype=bool) if fac.transient is None else np.asarray(fac.transient)
+    transient = np.flatnonzero(tr_mask)
+    is_tr = tr_mask[lines.shot] if tr_mask.size else np.zeros(lines.nlines, dtype=bool)
     group = np.asarray(lines.tau, dtype=np.int64).copy()
     group[is_tr] = seq.ntau + np.searchsorted(transient, lines.shot[is_tr])
-    c_all = torch.cat([fac.c, fac.c_shot[:, torch.from_numpy(transient)]], 1)
+    c_all = fac.c if fac.c_shot is None or transient.size == 0 else torch.cat(
+        [fac.c, fac.c_shot[:, torch.from_numpy(transient)]], 1)
     data = synthesize_lines(fac.hs, torch.ones_like(c_all), -c_all, fac.q, fac.index, tuple(cfg.shape), sens,
                             lines.ky, lines.kz, lines.seg, group, seq.nseg)
     abs_h = fac.hs.abs().sum(1)  # |S| = |hs_te| |1 - c q^n| (real recovery factor), summed over TE

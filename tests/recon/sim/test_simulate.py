@@ -160,12 +160,16 @@ def test_tau_outer_simulation_runs_in_tau_order():
 
 
 def test_fast_lines_equal_dense_path_with_many_readouts():
-    """32 readouts per segment (the rank-K q^n synthesis is then a real reduction) vs one dense FFT per (tau, n)."""
+    """32 readouts per segment (the rank-K q^n synthesis is then a real reduction) vs one dense FFT per line's
+    own signal (start-up-transient shots included)."""
     cfg = SimulationConfig(shape=(4, 10, 9), ncoils=2, R=2.0, snr=None, seed=5, phantom="nist", preset="demo")
     ks, ph = simulate(cfg)
-    fac = voxel_factors(ph, ks.seq)
+    shot_tau = np.zeros(int(ks.meta["shot"].max()) + 1, dtype=np.int64)
+    shot_tau[ks.meta["shot"]] = ks.tau
+    fac = voxel_factors(ph, ks.seq, shot_tau)
     scale = np.abs(ks.data).max()
     for line in range(0, ks.nlines, 3):
-        img = fac.image(int(ks.tau[line]), int(ks.seg[line]))[None] * ph.sens[:, None]
+        shot = int(ks.meta["shot"][line])
+        img = fac.scatter(fac.values(int(ks.tau[line]), int(ks.seg[line]), shot))[None] * ph.sens[:, None]
         k = fftc_np(img, (-3, -2, -1))[:, :, ks.kz[line], ks.ky[line], :]
         assert np.abs(k - ks.data[:, :, line]).max() < 1e-5 * scale
