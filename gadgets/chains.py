@@ -39,6 +39,21 @@ CHAIN_CONFIGS: dict[str, type] = {name: m.config for name, m in METHODS.items()}
 """Chain name -> typed config dataclass whose fields are the chain's properties."""
 
 
+def _text_sink(connection: Any) -> Callable[[str], None]:
+    """``connection.send(text)``; a connection without a TEXT writer (gadgetron.external's) gets log lines only."""
+    state = {"ok": True}
+
+    def send(text: str) -> None:
+        if state["ok"]:
+            try:
+                connection.send(text)
+            except TypeError as exc:  # raised before anything is written
+                state["ok"] = False
+                log.info("progress stays in the log: this connection cannot send TEXT (%s)", exc)
+
+    return send
+
+
 def chain_properties(connection: Any) -> dict[str, str]:
     """Properties of the ``<external>`` configuration, overridden by JSON TEXT parameters (server only)."""
     props = properties_from_config(getattr(connection, "config", None))
@@ -127,7 +142,7 @@ def run_chain(connection: Any, chain: str) -> None:
     items = buffer_kspace(items, header)
     items = admit_stage(items, header, chain, cfg, limits, connection)
     # stage / epoch / loss / ETA as TEXT messages, at most one per PROGRESS_INTERVAL_S (stage changes always)
-    progress = ThrottledProgress(connection.send, PROGRESS_INTERVAL_S)
+    progress = ThrottledProgress(_text_sink(connection), PROGRESS_INTERVAL_S)
     items = number_repetitions(reconstruct_stage(items, header, chain, cfg, progress))
     items = tag_repetitions(maps_to_images(items, header))
     sent = 0
