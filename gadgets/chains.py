@@ -25,15 +25,33 @@ from qmapinr.gadgets.threads import session_config
 from qmapinr.recon.config import from_properties
 from qmapinr.recon.kspace import KSpace6D, QuantMaps
 from qmapinr.recon.methods import budget
+from qmapinr.recon.methods.progress import ThrottledProgress
 from qmapinr.recon.methods.registry import METHODS, reconstruct
 
 log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL_S = 10.0
 
 REPETITION_SERIES_STRIDE = 100
 """Series offset between repeated measurements of one stream (repetition r: series + r * stride)."""
 
 CHAIN_CONFIGS: dict[str, type] = {name: m.config for name, m in METHODS.items()}
 """Chain name -> typed config dataclass whose fields are the chain's properties."""
+
+
+def _text_sink(connection: Any) -> Callable[[str], None]:
+    """``connection.send(text)``; a connection without a TEXT writer (gadgetron.external's) gets log lines only."""
+    state = {"ok": True}
+
+    def send(text: str) -> None:
+        if state["ok"]:
+            try:
+                connection.send(text)
+            except TypeError as exc:  # raised before anything is written
+                state["ok"] = False
+                log.info("progress stays in the log: this connection cannot send TEXT (%s)", exc)
+
+    return send
 
 
 def chain_properties(connection: Any) -> dict[str, str]:
@@ -94,8 +112,9 @@ def tag_repetitions(items: Iterable) -> Iterator:
         yield item
 
 
-def reconstruct_stage(items: Iterable, header, chain: str, cfg: Any) -> Iterator:
-    """KSpace6D -> QuantMaps with the chain's solver; other items pass through."""
+def reconstruct_stage(items: Iterable, header, chain: str, cfg: Any, progress=None) -> Iterator:
+    """KSpace6D -> QuantMaps with the chain's solver; other items pass through; ``progress`` gets the solver's
+    :class:`~qmapinr.recon.methods.progress.Progress` reports."""
     for item in items:
         if not isinstance(item, KSpace6D):
             yield item
@@ -106,7 +125,7 @@ def reconstruct_stage(items: Iterable, header, chain: str, cfg: Any) -> Iterator
         log.info("%s: reconstructing %d lines x %d echoes x %d coils, matrix %s, R=%.2f", chain, item.nlines,
                  item.seq.nte, item.ncoils, item.geometry.matrix, item.acceleration)
         t0 = time.time()
-        maps = reconstruct(item, chain, cfg)
+        maps = reconstruct(item, chain, cfg, progress=progress)
         log.info("%s: maps ready in %.1f s", chain, time.time() - t0)
         yield maps
         if maps.info.get("qsm_unavailable"):  # tell the client why there is no QSM series (sent as TEXT)
@@ -122,7 +141,9 @@ def run_chain(connection: Any, chain: str) -> None:
     items = split_noise(iter(connection), header)
     items = buffer_kspace(items, header)
     items = admit_stage(items, header, chain, cfg, limits, connection)
-    items = number_repetitions(reconstruct_stage(items, header, chain, cfg))
+    # stage / epoch / loss / ETA as TEXT messages, at most one per PROGRESS_INTERVAL_S (stage changes always)
+    progress = ThrottledProgress(_text_sink(connection), PROGRESS_INTERVAL_S)
+    items = number_repetitions(reconstruct_stage(items, header, chain, cfg, progress))
     items = tag_repetitions(maps_to_images(items, header))
     sent = 0
     for item in items:

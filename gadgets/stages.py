@@ -11,7 +11,7 @@ through unchanged, so the stages compose in any chain over a ``gadgetron.externa
     for item in items:
         connection.send(item)
 
-ISMRMRD encoding (design.md): ky = ``idx.kspace_encode_step_1``, kz = ``idx.kspace_encode_step_2``,
+ISMRMRD encoding (docs/design.md): ky = ``idx.kspace_encode_step_1``, kz = ``idx.kspace_encode_step_2``,
 echo = ``idx.contrast``, readout index n = ``idx.segment``, T2-prep index tau = ``idx.set``; noise pre-scans
 carry ``ACQ_IS_NOISE_MEASUREMENT``; the last acquisition carries ``ACQ_LAST_IN_MEASUREMENT``.
 """
@@ -39,7 +39,7 @@ _MAX_LISTED = 5
 
 
 class StreamError(ValueError):
-    """The acquisition stream violates the project's ISMRMRD convention (see design.md)."""
+    """The acquisition stream violates the project's ISMRMRD convention (see docs/design.md)."""
 
 
 @dataclass

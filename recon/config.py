@@ -74,7 +74,7 @@ class DictionaryFitConfig:
 
 @dataclass(frozen=True)
 class SummitConfig:
-    """SUMMIT INR reconstruction settings. Defaults are CPU-sized; the paper's are listed in design.md.
+    """SUMMIT INR reconstruction settings. Defaults are CPU-sized; the paper's are listed in docs/design.md.
 
     The schedule keeps the paper's shape (Adam, lr halved every 20 epochs, WNNM switched on half-way as in the
     authors' related code) but starts at lr 1e-2: a small volume gives ~10 Adam steps per epoch instead of the
@@ -86,7 +86,8 @@ class SummitConfig:
     lr: float = 1e-2
     lr_step: int = 20
     lr_gamma: float = 0.5
-    batch_x: int = 4
+    batch_x: int = 4  # readout positions per Adam step (capped by memory_budget_mb)
+    memory_budget_mb: float = 2048.0  # working set of one x batch (MiB); 0 = batch_x as given
     hidden: int = 64
     layers: int = 3
     map_grid: HashGridConfig = field(default_factory=HashGridConfig)

@@ -1,10 +1,10 @@
 """Containers shared by the simulator, the stream side and the solvers.
 
 The sampled k-space of a T2IR-prepared multi-echo GRE is stored *line by line* (one row per sampled
-(ky, kz, n, tau) line, all echoes and coils kept), because the dense 6-D layout of design.md,
+(ky, kz, n, tau) line, all echoes and coils kept), because the dense 6-D layout of docs/design.md,
 ``(coils, nte, ntau, nseg, nz, ny, nx)``, is mostly zeros: at paper size it would be 24 GB, the line
 store below is under 1 GB. :meth:`KSpace6D.dense` and :attr:`KSpace6D.mask` give the dense views of
-design.md for small problems and for tests.
+docs/design.md for small problems and for tests.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ class KSpace6D:
 
     @property
     def shape_dense(self) -> tuple[int, ...]:
-        """Dense layout of design.md: ``(coils, nte, ntau, nseg, nz, ny, nx)``."""
+        """Dense layout of docs/design.md: ``(coils, nte, ntau, nseg, nz, ny, nx)``."""
         nx, ny, nz = self.geometry.matrix
         return (self.ncoils, self.seq.nte, self.seq.ntau, self.seq.nseg, nz, ny, nx)
 

@@ -1,4 +1,4 @@
-"""ISMRMRD header <-> :class:`SequenceParams` / :class:`Geometry` (the project's convention, design.md).
+"""ISMRMRD header <-> :class:`SequenceParams` / :class:`Geometry` (the project's convention, docs/design.md).
 
 ``build_header`` is used by the simulator, ``parse_header`` by the stream side; both live here so that the
 convention is written down once. A missing required field raises :class:`HeaderError` naming the field;
@@ -58,7 +58,7 @@ def build_header(
     field_strength_t: float = 3.0,
     extra_strings: dict[str, str] | None = None,
 ) -> xsd.ismrmrdHeader:
-    """Header for a T2IR ME-GRE measurement following design.md's encoding table."""
+    """Header for a T2IR ME-GRE measurement following docs/design.md's encoding table."""
     nx, ny, nz = geometry.matrix
     space = xsd.encodingSpaceType(
         matrixSize=xsd.matrixSizeType(x=nx, y=ny, z=nz),

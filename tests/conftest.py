@@ -1,6 +1,6 @@
 """Shared fixtures: a seeded, tiny synthetic T2IR ME-GRE measurement as ISMRMRD acquisitions.
 
-The generator follows design.md's encoding table (ky = kspace_encode_step_1, kz = step_2, echo = contrast,
+The generator follows docs/design.md's encoding table (ky = kspace_encode_step_1, kz = step_2, echo = contrast,
 n = segment, tau = set, shot = user[0]; noise pre-scan flagged ACQ_IS_NOISE_MEASUREMENT, last acquisition
 flagged ACQ_LAST_IN_MEASUREMENT) and uses random k-space samples: it tests the plumbing, not the physics.
 """

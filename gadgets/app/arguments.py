@@ -32,7 +32,7 @@ def add_sim_arguments(p: argparse.ArgumentParser, shape: str = "8,32,32") -> Non
     p.add_argument("--seed", type=int, default=0, help="seed of phantom, coils, sampling, noise")
     p.add_argument("--phantom", choices=["brain", "nist", "shepp-logan"], default="brain")
     p.add_argument("--preset", choices=["demo", "paper-sim", "phantom"], default="demo",
-                   help="sequence timing preset (design.md; default %(default)s)")
+                   help="sequence timing preset (docs/design.md; default %(default)s)")
     p.add_argument("--nseg", type=int, default=None, help="readouts per segment (overrides the preset)")
     p.add_argument("--loop-order", choices=["shot-outer", "tau-outer", "closed-form"], default="shot-outer",
                    help="preparation loop simulated with its exact sequence history, or the paper's closed form "

@@ -1,4 +1,4 @@
-"""Scores of reconstructed maps against a phantom's ground truth (design.md: report whole mask, WM+GM, tissues).
+"""Scores of reconstructed maps against a phantom's ground truth (docs/design.md: report whole mask, WM+GM, tissues).
 
 All maps are float ``(nz, ny, nx)``; NRMSE = ||est - true||_2 / ||true||_2 over the voxels of a region.
 """
@@ -47,7 +47,7 @@ def score(maps: dict[str, np.ndarray], truth: dict[str, np.ndarray], labels: np.
 
     Tissue medians use voxels of each label inside ``mask``; labels named with ``sphere_prefix`` (NIST-like
     phantom) are also fitted as (true mean -> estimated mean) lines with R^2 and slope, restricted to spheres
-    whose true value lies in ``sphere_limits[name]`` (the range the protocol can resolve; phantoms.md).
+    whose true value lies in ``sphere_limits[name]`` (the range the protocol can resolve; docs/phantoms.md).
     """
     s = Scores()
     by_name = {v: k for k, v in label_names.items()}

@@ -38,6 +38,8 @@ VOXEL_COIL = 150
 """Bytes per voxel and coil (complex coil maps, their JSENSE refinement and the coil INR output)."""
 KSPACE = 6.0
 """Multiple of the k-space bytes resident at the peak (line store, gathered array, hybrid data, copies)."""
+BATCH_COPIES = 4.0
+"""Coefficient-volume copies of one x position alive at the peak of a batch's forward + backward (helper "epoch")."""
 T0 = 10.0
 """Fixed seconds (imports, dictionary, QSM)."""
 T_PREP = 1.5e-4
@@ -170,6 +172,31 @@ def inr_parameters(cfg: Any, dims: Dims) -> int:
     return grids + mlp
 
 
+def batch_bytes_per_x(dims: Dims, cfg: Any) -> int:
+    """Peak bytes per readout position of a SUMMIT batch (0 for configs without ``batch_x``).
+
+    ``BATCH_COPIES`` complex64 coefficient volumes: structured forward ``C * nte * (1 + ntau * rank) * nz * ny``
+    elements, exact forward ``C * nte * ntau * nseg * nz * ny``.
+    """
+    if not hasattr(cfg, "batch_x"):
+        return 0
+    if getattr(cfg, "forward", "structured") == "exact":
+        atoms = dims.ntau * dims.nseg
+    else:
+        atoms = 1 + dims.ntau * int(getattr(cfg, "rank", 8))
+    return int(dims.ncoils * dims.nte * atoms * dims.nz * dims.ny * 8 * BATCH_COPIES)
+
+
+def batch_size(dims: Dims, cfg: Any) -> int:
+    """The solver's x batch: ``cfg.batch_x`` capped by ``cfg.memory_budget_mb`` (0 = no cap), at least 1."""
+    bx = int(getattr(cfg, "batch_x", 0) or 0)
+    budget = float(getattr(cfg, "memory_budget_mb", 0) or 0)
+    per_x = batch_bytes_per_x(dims, cfg)
+    if bx and budget > 0 and per_x > 0:
+        bx = max(1, min(bx, int(budget * MiB // per_x)))
+    return bx
+
+
 def estimate_resources(dims: Dims, method: str, cfg: Any) -> Estimate:
     """Estimated peak memory and time of ``method`` with ``cfg`` on a problem of size ``dims`` (module docstring).
 
@@ -189,6 +216,7 @@ def estimate_resources(dims: Dims, method: str, cfg: Any) -> Estimate:
         "volumes": int(VOXEL * v + VOXEL_COIL * v * c),
         "kspace": int(KSPACE * k),
         "parameters": 16 * params,
+        "batch": batch_size(dims, cfg) * batch_bytes_per_x(dims, cfg),
     }
     epochs = max(int(getattr(cfg, "epochs", 1) or 1), 1)
     iterations = max(epochs, int(getattr(cfg, "iterations", 0) or 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,16 +81,18 @@ def get_method(name: str) -> Method:
         raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
 
 
-def reconstruct(kspace: KSpace6D, chain: str, cfg: Any) -> QuantMaps:
+def reconstruct(kspace: KSpace6D, chain: str, cfg: Any, progress=None) -> QuantMaps:
     """Validate (:func:`~qmapinr.recon.methods.validate.validate`), run the solver of method ``chain`` with its
     typed ``cfg``, check the maps (:func:`~qmapinr.recon.methods.validate.check_maps`); adds QSM and geometry.
 
     ``info['warnings']`` lists what the validation adjusted or found missing (truncated scan, clipped WNNM
-    patch); the image stage writes it to the meta ``Warning`` of every image.
+    patch); the image stage writes it to the meta ``Warning`` of every image. ``progress`` (a
+    :data:`~qmapinr.recon.methods.progress.ProgressCallback`) is passed to solvers that take one.
     """
-    method = get_method(chain)
+    solve = get_method(chain).solve
     cfg, warnings = validate(cfg, kspace)
-    maps = method.solve(kspace, cfg)
+    takes = progress is not None and "progress" in inspect.signature(solve).parameters
+    maps = solve(kspace, cfg, progress=progress) if takes else solve(kspace, cfg)
     check_maps(maps, chain)
     notes = maps.info.setdefault("warnings", [])
     notes.extend(w for w in warnings if w not in notes)

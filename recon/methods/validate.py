@@ -1,6 +1,6 @@
 """Checks of a method's settings against the data before any work starts, and guards on what comes out.
 
-One place for every check that can fail early (design.md: "impossible configuration -> clear error"):
+One place for every check that can fail early (docs/design.md: "impossible configuration -> clear error"):
 
 * :func:`validate` ``(cfg, kspace) -> (cfg, warnings)``: the data (:func:`check_kspace`: empty, all-zero,
   non-finite or corrupt samples, missing T2-preps, truncated stream) and the method's settings (ranges, option

@@ -7,7 +7,7 @@ All operators here work on a batch of ``bx`` x positions, with lines described b
 * :class:`LineSubspaceOp` — linear: coefficient images ``(..., natoms, nz, ny)`` -> lines ``(..., nlines)``
   through a temporal basis ``(ntau, nseg, natoms)``; FFT of every atom image, then per tau only the atoms
   that are non-zero at that tau are gathered and contracted. Adjoint provided (and tested).
-* :func:`qn_basis` — SVD basis of q^n over a T1 range (design.md, "Structure worth exploiting").
+* :func:`qn_basis` — SVD basis of q^n over a T1 range (docs/design.md, "Structure worth exploiting").
 * :class:`StructuredForward` — the low-rank model: 1 + K * ntau FFTs per coil and echo.
 * :class:`ExactForward` — the per-(n, tau, TE) model, Nseg * ntau FFTs per coil and echo (reference).
 """
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from qmapinr.recon.kspace import SequenceParams
-from qmapinr.recon.physics.fft import fftc, ifftc
+from qmapinr.recon.physics.fft import centred_line_phase, fftc
 from qmapinr.recon.physics.linop import LinearOperator
 from qmapinr.recon.physics.signal import echo_factors, prep_coefficients, signal, steady_state_terms
 
@@ -29,6 +29,13 @@ class LineSubspaceOp(LinearOperator):
     """Linear map ``coeff (..., natoms, nz, ny) -> lines (..., nlines)``.
 
     ``y_l = sum_a basis[tau_l, seg_l, a] * FFT2(coeff[..., a, :, :])[kz_l, ky_l]`` with the centred unitary FFT.
+
+    Implementation (no rolls, no per-tau zero-fills): a plain FFT, then ONE flat gather of the ``A`` atoms that
+    are active at each line's tau (``A`` = the most any tau has; padding entries have coefficient 0), and a
+    contraction with ``coef (nlines, A)`` = the basis rows times the centring phase of
+    :func:`~qmapinr.recon.physics.fft.centred_line_phase`. The gather's backward is one ``index_add`` into the
+    dense k-space gradient the FFT's backward needs anyway. :meth:`reference_forward` is the straightforward
+    per-tau version (centred FFT, gather, contract), kept for the equivalence tests.
 
     Parameters
     ----------
@@ -42,33 +49,42 @@ class LineSubspaceOp(LinearOperator):
         self.basis = basis
         self.nz, self.ny = shape_zy
         self.nlines = int(ky.shape[0])
-        spatial = kz * self.ny + ky
-        self.groups = []  # per tau: (line positions, spatial index, active atoms, basis (L_t, A_t))
-        for t in range(basis.shape[0]):
-            pos = torch.nonzero(tau == t).flatten()
-            if pos.numel() == 0:
-                continue
-            active = torch.nonzero(basis[t].abs().amax(dim=0) > 0).flatten()
-            b = basis[t][seg[pos]][:, active]  # (L_t, A_t)
-            self.groups.append((pos, spatial[pos], active, b))
+        self.natoms = basis.shape[-1]
+        self.lines = (ky, kz, seg, tau)
+        jz, pz = centred_line_phase(kz, self.nz)
+        jy, py = centred_line_phase(ky, self.ny)
+        plain = jz * self.ny + jy  # (nlines,) index into the plain-FFT (nz*ny) plane
+        active = [torch.nonzero(basis[t].abs().amax(dim=0) > 0).flatten() for t in range(basis.shape[0])]
+        width = max(1, max(a.numel() for a in active))
+        atoms = torch.zeros(basis.shape[0], width, dtype=torch.int64, device=ky.device)
+        valid = torch.zeros(basis.shape[0], width, dtype=torch.bool, device=ky.device)
+        for t, a in enumerate(active):
+            atoms[t, : a.numel()], valid[t, : a.numel()] = a, True
+        atom_l = atoms[tau]  # (nlines, A)
+        rows = basis[tau, seg]  # (nlines, natoms)
+        coef = torch.gather(rows, 1, atom_l).to(torch.complex128) * valid[tau]
+        coef = coef * (pz * py).to(coef.device)[:, None]
+        self.width = width
+        self.flat = (atom_l * (self.nz * self.ny) + plain[:, None]).flatten()  # (nlines*A,)
+        self.coef = coef.to(torch.complex64)  # (nlines, A)
 
     def forward(self, coeff: torch.Tensor) -> torch.Tensor:
-        k = fftc(coeff, dims=(-2, -1)).flatten(-2)  # (..., natoms, nz*ny)
-        out = k.new_zeros(k.shape[:-2] + (self.nlines,))
-        for pos, sp, active, b in self.groups:
-            g = k.index_select(-2, active).index_select(-1, sp)  # (..., A_t, L_t)
-            out = out.index_copy(-1, pos, (g * b.T.to(g.dtype)).sum(dim=-2))
-        return out
+        k = torch.fft.fftn(coeff, dim=(-2, -1), norm="ortho").flatten(-3)  # (..., natoms*nz*ny)
+        idx = self.flat.expand(k.shape[:-1] + self.flat.shape)  # a view: no index copy per batch dim
+        g = torch.gather(k, -1, idx).unflatten(-1, (self.nlines, self.width))  # (..., L, A); backward: scatter_add
+        return (g * self.coef).sum(-1)
 
     def adjoint(self, lines: torch.Tensor) -> torch.Tensor:
-        natoms = self.basis.shape[-1]
-        k = lines.new_zeros(lines.shape[:-1] + (natoms, self.nz * self.ny))
-        for pos, sp, active, b in self.groups:
-            y = lines.index_select(-1, pos)  # (..., L_t)
-            contrib = y[..., None, :] * b.T.conj().to(y.dtype)  # (..., A_t, L_t)
-            ka = k.index_select(-2, active).index_add(-1, sp, contrib)
-            k = k.index_copy(-2, active, ka)
-        return ifftc(k.unflatten(-1, (self.nz, self.ny)), dims=(-2, -1))
+        contrib = (lines[..., :, None] * self.coef.conj()).flatten(-2)  # (..., L*A)
+        k = lines.new_zeros(lines.shape[:-1] + (self.natoms * self.nz * self.ny,))
+        k.index_add_(-1, self.flat, contrib)
+        return torch.fft.ifftn(k.unflatten(-1, (self.natoms, self.nz, self.ny)), dim=(-2, -1), norm="ortho")
+
+    def reference_forward(self, coeff: torch.Tensor) -> torch.Tensor:
+        """The straightforward evaluation (centred FFT of every atom, per-line gather and contraction)."""
+        ky, kz, seg, tau = self.lines
+        k = fftc(coeff, dims=(-2, -1))[..., kz, ky]  # (..., natoms, L)
+        return (k * self.basis[tau, seg].T.to(k.dtype)).sum(-2)
 
 
 def qn_basis(seq: SequenceParams, rank: int, t1_range_ms: tuple[float, float] = (50.0, 6000.0),
@@ -145,3 +161,82 @@ class ExactForward:
         img = s[:, None] * sens[:, :, None, None, None]  # (bx, C, nte, ntau, nseg, nz, ny)
         k = fftc(img, dims=(-2, -1))
         return k.flatten(-4).index_select(-1, self.flat)
+
+
+def voxel_qn_basis(q: torch.Tensor, nseg: int, tol: float = 1e-6, max_rows: int = 2048) -> tuple[torch.Tensor, float]:
+    """Orthonormal float64 basis ``(K, nseg)`` of ``q^n`` (n = 0..nseg-1) for the given per-voxel ``q``.
+
+    K is the smallest rank whose worst relative L2 projection error over the distinct ``q`` values (at most
+    ``max_rows`` quantiles of them) is below ``tol``; returns the basis and that error.
+    """
+    u = torch.unique(q.to(torch.float64))
+    if u.numel() > max_rows:
+        u = torch.quantile(u, torch.linspace(0, 1, max_rows, dtype=torch.float64))
+    d = u[:, None] ** torch.arange(nseg, dtype=torch.float64)
+    _, _, vh = torch.linalg.svd(d, full_matrices=False)
+    norm = d.norm(dim=1).clamp_min(1e-300)
+    for k in range(1, vh.shape[0] + 1):
+        v = vh[:k]
+        err = float(((d - (d @ v.T) @ v).norm(dim=1) / norm).max())
+        if err < tol:
+            return v, err
+    return vh, 0.0
+
+
+def synthesize_lines(hs: torch.Tensor, a: torch.Tensor, b: torch.Tensor, q: torch.Tensor, index: np.ndarray,
+                     shape: tuple[int, int, int], sens: np.ndarray, ky: np.ndarray, kz: np.ndarray, seg: np.ndarray,
+                     tau: np.ndarray, nseg: int, tol: float = 1e-6, max_elements: int = 1 << 25) -> np.ndarray:
+    """Sampled k-space lines of ``S(v, te, tau, n) = hs[v, te] (a[v, tau] + b[v, tau] q[v]^n)`` times coil maps.
+
+    The same structured low-rank identity the forward uses, made exact to ``tol``: ``q^n = sum_k alpha_k V_k(n)``
+    with a basis of the voxels' own ``q`` (:func:`voxel_qn_basis`), so per (tau, TE, coil) only ``1 + K``
+    3-D FFTs of coefficient images are needed instead of one per readout ``n``; each line is the basis
+    contraction at its (kz, ky). Centred unitary 3-D FFT; the shifts are folded into the voxel scatter, the coil
+    maps and the line indices (no roll of any volume).
+
+    Parameters
+    ----------
+    hs : complex ``(nv, nte)``; a, b : real or complex ``(nv, ntau)``; q : real ``(nv,)`` — over the voxels
+        ``index`` (flat int indices into ``shape`` = (nz, ny, nx)); voxels not listed are 0.
+    sens : complex ``(C, nz, ny, nx)`` coil maps.
+    ky, kz, seg, tau : int ``(nlines,)`` sampled lines.
+    max_elements : working-set bound (complex64 elements) of one coil chunk of coefficient volumes.
+
+    Returns
+    -------
+    complex64 ``(C, nte, nlines, nx)``, kx centred.
+    """
+    nz, ny, nx = shape
+    ncoils, nte, nvox = sens.shape[0], hs.shape[1], nz * ny * nx
+    v, _ = voxel_qn_basis(q, nseg, tol)
+    n = torch.arange(nseg, dtype=torch.float64)
+    alpha = torch.cat([(q[i:i + 65536, None].to(torch.float64) ** n) @ v.T
+                       for i in range(0, q.shape[0], 65536)]) if q.numel() else torch.zeros(0, v.shape[0])
+    zi, yi, xi = np.unravel_index(index, shape)
+    idx_sh = torch.from_numpy(np.ravel_multi_index(((zi - nz // 2) % nz, (yi - ny // 2) % ny,
+                                                    (xi - nx // 2) % nx), shape))
+    sens_sh = torch.from_numpy(np.ascontiguousarray(np.fft.ifftshift(sens, axes=(-3, -2, -1)),
+                                                    dtype=np.complex64)).reshape(ncoils, 1, nvox)
+    kz_sh = torch.from_numpy((np.asarray(kz) - nz // 2) % nz)
+    ky_sh = torch.from_numpy((np.asarray(ky) - ny // 2) % ny)
+    natoms = 1 + v.shape[0]
+    cchunk = max(1, max_elements // (natoms * nvox))
+    data = np.zeros((ncoils, nte, len(ky), nx), dtype=np.complex64)
+    tau, seg = np.asarray(tau), np.asarray(seg)
+    for t in range(a.shape[1]):
+        pos = np.flatnonzero(tau == t)
+        if pos.size == 0:
+            continue
+        w = torch.cat([a[:, t:t + 1], b[:, t:t + 1] * alpha], 1)  # (nv, natoms)
+        coef = torch.cat([torch.ones(pos.size, 1, dtype=torch.float64), v[:, seg[pos]].T], 1)
+        coef = coef.to(torch.complex64)  # (L_t, natoms)
+        kz_t, ky_t = kz_sh[pos], ky_sh[pos]
+        for e in range(nte):
+            vol = torch.zeros(natoms, nvox, dtype=torch.complex64)
+            vol[:, idx_sh] = (hs[:, e:e + 1] * w).T.to(torch.complex64)
+            for c0 in range(0, ncoils, cchunk):
+                img = (vol * sens_sh[c0:c0 + cchunk]).reshape(-1, natoms, nz, ny, nx)
+                k = torch.fft.fftn(img, dim=(-3, -2, -1), norm="ortho")[:, :, kz_t, ky_t, :]  # (cc, A, L_t, nx)
+                lines = torch.einsum("cald,la->cld", k, coef)
+                data[c0:c0 + cchunk, e, pos, :] = np.fft.fftshift(lines.numpy(), axes=-1)
+    return data

@@ -1,6 +1,6 @@
 """Signal of the T2IR-prepared multi-echo FLASH, with the sequence history of the preparation loop.
 
-Per voxel (design.md, "Signal model")::
+Per voxel (docs/design.md, "Signal model")::
 
     S(n, tau, TE) = h_TE * [a + b_tau * q**n] = h_TE * ss * [1 - c_tau * q**n]
     h_TE  = A * sin(alpha) * exp(-TE / T2*) * exp(j * (phi0 + 2*pi*df*TE))

@@ -2,7 +2,7 @@
 
 Geometry scales with the field of view: an ellipsoidal "brain" mask with semi-axes (0.36, 0.42, 0.40) x FOV
 holds six ellipsoids with deep-grey-matter / vein / white-matter susceptibilities from the QSM challenge 2.0
-head phantom (Marques et al., MRM 2021;86:526; values as tabulated in /work/shared/phantoms.md), on a
+head phantom (Marques et al., MRM 2021;86:526; values as tabulated in docs/phantoms.md), on a
 parenchyma of chi = 0 ppm. The background field comes from sources *outside* the mask: an air-cavity-like
 ellipsoid (+9.4 ppm relative to tissue, the air/tissue susceptibility difference) in front of and below the
 brain, a harmonic second-order shim residual and a constant frequency offset. Fields are computed with the

@@ -7,7 +7,7 @@ File layout (``dataset`` group written by ``ismrmrd.Dataset``):
    (if ``kspace.noise`` is not None);
 3. one acquisition per (line, echo) in acquisition order (all echoes of a line consecutively), with
    ``idx.kspace_encode_step_1 = ky``, ``idx.kspace_encode_step_2 = kz``, ``idx.contrast = echo``,
-   ``idx.segment = n``, ``idx.set = tau index``, ``idx.user[0] = shot`` (design.md),
+   ``idx.segment = n``, ``idx.set = tau index``, ``idx.user[0] = shot`` (docs/design.md),
    ``center_sample = nx // 2``, the geometry of :class:`Geometry`, ``sample_time_us``, ``scan_counter``
    (1, 2, ... over all acquisitions, noise included) and ``acquisition_time_stamp`` in 2.5 ms ticks of the
    nominal readout time ``(shot * nseg + n) * TR + TE``. Flags: ``ACQ_FIRST_IN_SLICE`` on the first

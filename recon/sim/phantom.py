@@ -34,9 +34,9 @@ from qmapinr.recon.sim.field import (
 TISSUE_KEYS = ("A", "T1", "T2", "T2star", "chi")
 MAP_KEYS = TISSUE_KEYS + ("B0", "Phase0")
 
-# Brain tissue values (phantoms.md): WM/GM T1, T2 [W], T2* [W*], CSF T1 [R], T2 [Sp], water fractions [E],
+# Brain tissue values (docs/phantoms.md): WM/GM T1, T2 [W], T2* [W*], CSF T1 [R], T2 [Sp], water fractions [E],
 # chi [Q] (read from data/brain_chi.csv below, which cites each value). CSF T2* is not tabulated: 1000 ms
-# (T2-limited) as phantoms.md suggests. Deep grey matter and the lesion: chi from [Q] (lesion 0); their
+# (T2-limited) as docs/phantoms.md suggests. Deep grey matter and the lesion: chi from [Q] (lesion 0); their
 # T1/T2/T2*/A are illustrative choices made clearly distinct from WM and GM (iron-rich globus pallidus short,
 # lesion long), not literature values. Vessel (a vein along the slab): chi of venous blood [Q]; T1 1650 ms of
 # blood at 3 T (Lu et al., MRM 2004;52:679, Hct 0.42); T2 50 ms of venous blood (Y ~ 0.6-0.7, Zhao et al.,
@@ -186,7 +186,7 @@ def brain_phantom(
 ) -> Phantom:
     """Brain-like slab: ellipsoidal head, CSF rim, folded GM cortex, WM, ventricles, deep GM, one lesion.
 
-    Tissue values: :data:`BRAIN_TISSUES` (WM, GM, CSF from phantoms.md; deep GM T1/T2/T2* illustrative).
+    Tissue values: :data:`BRAIN_TISSUES` (WM, GM, CSF from docs/phantoms.md; deep GM T1/T2/T2* illustrative).
     Bilateral caudate, putamen and globus pallidus; one unilateral 'lesion' in WM; one 'vessel' (a vein
     running through the slab in the posterior midline, venous-blood chi 0.19 ppm). The seed sets the cortical
     folding (a random angular modulation of the GM/WM boundary), the linear background field and the smooth
@@ -287,7 +287,7 @@ def nist_phantom(
     chi from the concentration with a Curie-law estimate (0.187 ppm/mM MnCl2, 0.055 ppm/mM NiCl2;
     approximate). The fill (T1 2400 ms, T2 1000 ms, A 1, chi 0, same T2' rule) is an assumption, not from the
     reference tables. Spheres with T2 > ~400 ms or T1 < ~100 ms are poorly encoded by the protocols
-    (phantoms.md); none of the chosen spheres has T1 < 100 ms, T1-03 (T2 718 ms) is the one beyond the T2
+    (docs/phantoms.md); none of the chosen spheres has T1 < 100 ms, T1-03 (T2 718 ms) is the one beyond the T2
     range.
     """
     rng = np.random.default_rng(seed)

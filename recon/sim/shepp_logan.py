@@ -8,9 +8,9 @@ package's additive ellipsoids overlap into odd values take their nearest label's
 
 Choices made here (not from the package): the slab is the package's z range ``zlims`` (default the central
 band -0.45..-0.05 that holds the ventricles and the small tumours); T2* = 1 / (1/T2 + 1/T2') with
-T2' = 165 ms for tissue (the value that maps WM/GM T2 of phantoms.md onto their T2*) and 2000 ms for CSF
+T2' = 165 ms for tissue (the value that maps WM/GM T2 of docs/phantoms.md onto their T2*) and 2000 ms for CSF
 (T2* near 1 s, as the brain phantom); phantominator's own ``T2star=True`` is not used (it returns about T2).
-chi (ppm) for WM, GM and CSF from phantoms.md [Q], 0 elsewhere; B0 and Phase0 as in
+chi (ppm) for WM, GM and CSF from docs/phantoms.md [Q], 0 elsewhere; B0 and Phase0 as in
 :func:`~qmapinr.recon.sim.phantom.brain_phantom` (dipole field of chi + seeded linear shim, seeded smooth phase).
 
 The package is an optional dependency (``pip install qmapinr[phantoms]``); it is imported on first use.

@@ -2,8 +2,8 @@
 
 ``simulate(cfg)`` builds the phantom, coil maps and sampling pattern, evaluates the signal of
 :mod:`qmapinr.recon.physics.signal` per voxel (its ``steady_state_terms``, ``shot_coefficients`` and
-``echo_factors``, one (tau, n) at a time to stay memory-light), multiplies by the coil maps, applies the
-centred unitary 3-D FFT and keeps the sampled (ky, kz) lines.
+``echo_factors``), multiplies by the coil maps and computes only the sampled (ky, kz) lines of the centred
+unitary 3-D FFT (:func:`~qmapinr.recon.physics.forward.synthesize_lines`).
 
 Sequence history: by default (``prep_loop_order='shot-outer'``, what a scanner does when it cycles the
 T2-prep durations) every shot's pre-preparation magnetisation is the *exact* one of the acquisition as played:
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from qmapinr.recon.kspace import PREP_LOOP_ORDERS, Geometry, KSpace6D, SequenceParams
+from qmapinr.recon.physics.forward import synthesize_lines
 from qmapinr.recon.physics.signal import echo_factors, prep_coefficients, shot_coefficients, steady_state_terms
 from qmapinr.recon.sim.coils import coil_sensitivities
 from qmapinr.recon.sim.phantom import Phantom, brain_phantom, nist_phantom
@@ -68,7 +69,6 @@ PRESETS: dict[str, dict] = {
 }
 PHANTOMS = {"brain": brain_phantom, "nist": nist_phantom, "shepp-logan": shepp_logan_phantom}
 TRANSIENT_TOL = 1e-7  # |c_shot - c_tau| below which a shot is simulated with the periodic steady state
-MAX_FFT_ELEMENTS = 1 << 24  # coil chunking of the per-(tau, n) FFT (complex64: 128 MB)
 
 
 @dataclass(frozen=True)
@@ -273,32 +273,19 @@ def simulate(cfg: SimulationConfig) -> tuple[KSpace6D, Phantom]:
     shot_tau = np.zeros(int(lines.shot.max()) + 1 if lines.nlines else 0, dtype=np.int64)
     shot_tau[lines.shot] = lines.tau
     fac = voxel_factors(phantom, seq, shot_tau)
-    data = np.zeros((cfg.ncoils, seq.nte, lines.nlines, nx), dtype=np.complex64)
-    # The centred FFT is fftshift(fftn(ifftshift(x))): scatter the voxels straight to their ifftshift-ed
-    # places (and shift the coil maps once), gather the lines at their un-shifted k indices and fftshift
-    # only kx.
-    zi, yi, xi = np.unravel_index(fac.index, cfg.shape)
-    idx_sh = np.ravel_multi_index(((zi - nz // 2) % nz, (yi - ny // 2) % ny, (xi - nx // 2) % nx), cfg.shape)
-    sens_t = torch.from_numpy(np.fft.ifftshift(sens, axes=(-3, -2, -1)))[:, None]  # (C, 1, nz, ny, nx)
-    kz_sh, ky_sh = (lines.kz - nz // 2) % nz, (lines.ky - ny // 2) % ny
-    cchunk = max(1, MAX_FFT_ELEMENTS // (seq.nte * nz * ny * nx))
-    img = np.zeros((seq.nte, nz * ny * nx), dtype=np.complex64)
-    abs_sum = 0.0
-    for t in range(seq.ntau):
-        for n in range(seq.nseg):
-            vals = fac.values(t, n)  # (nv, nte)
-            abs_sum += float(vals.abs().sum())
-            group = np.flatnonzero((lines.tau == t) & (lines.seg == n))
-            # lines of start-up-transient shots get their own signal; the others share the periodic one
-            cls = np.where(fac.transient[lines.shot[group]], lines.shot[group], -1)
-            for shot in np.unique(cls):
-                pos = group[cls == shot]
-                img[:, idx_sh] = (vals if shot < 0 else fac.values(t, n, int(shot))).T.numpy()
-                img_t = torch.from_numpy(img.reshape((1, seq.nte) + tuple(cfg.shape)))
-                kz, ky = torch.from_numpy(kz_sh[pos]), torch.from_numpy(ky_sh[pos])
-                for c0 in range(0, cfg.ncoils, cchunk):
-                    k = torch.fft.fftn(img_t * sens_t[c0 : c0 + cchunk], dim=(-3, -2, -1), norm="ortho")
-                    data[c0 : c0 + cchunk, :, pos, :] = np.fft.fftshift(k[:, :, kz, ky, :].numpy(), axes=-1)
+    # Only the sampled lines: 1 + K FFTs per signal class (a tau's periodic signal, or one start-up-transient
+    # shot's own), TE and coil, through the low-rank q^n identity (exact to 1e-6; physics.forward).
+    tr_mask = np.zeros(0, dtype=bool) if fac.transient is None else np.asarray(fac.transient)
+    transient = np.flatnonzero(tr_mask)
+    is_tr = tr_mask[lines.shot] if tr_mask.size else np.zeros(lines.nlines, dtype=bool)
+    group = np.asarray(lines.tau, dtype=np.int64).copy()
+    group[is_tr] = seq.ntau + np.searchsorted(transient, lines.shot[is_tr])
+    c_all = fac.c if fac.c_shot is None or transient.size == 0 else torch.cat(
+        [fac.c, fac.c_shot[:, torch.from_numpy(transient)]], 1)
+    data = synthesize_lines(fac.hs, torch.ones_like(c_all), -c_all, fac.q, fac.index, tuple(cfg.shape), sens,
+                            lines.ky, lines.kz, lines.seg, group, seq.nseg)
+    abs_h = fac.hs.abs().sum(1)  # |S| = |hs_te| |1 - c q^n| (real recovery factor), summed over TE
+    abs_sum = sum(float((abs_h[:, None] * (1.0 - fac.c * fac.q[:, None] ** n).abs()).sum()) for n in range(seq.nseg))
     nvals = fac.index.size * seq.nte * seq.ntau * seq.nseg
     mean_signal = abs_sum / max(nvals, 1)
     noise = None

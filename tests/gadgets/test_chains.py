@@ -31,7 +31,7 @@ class FakeConnection:
 def _capture(monkeypatch):
     seen = {}
 
-    def fake_reconstruct(kspace, chain, cfg):
+    def fake_reconstruct(kspace, chain, cfg, progress=None):
         import numpy as np
 
         seen["cfg"], seen["chain"] = cfg, chain

@@ -1,4 +1,4 @@
-"""Data-driven initial maps for the INR solvers (design.md: "initialise phase / off-resonance from the data").
+"""Data-driven initial maps for the INR solvers (docs/design.md: "initialise phase / off-resonance from the data").
 
 Low-resolution temporal-subspace images are fitted at the k-space centre (:func:`lowres_subspace_images`),
 coil-combined, and dictionary-matched. The result gives every voxel a starting A, T1, T2, T2*, B0 and Phase0

@@ -1,6 +1,6 @@
 """SUMMIT reconstruction: fit the INR of :mod:`qmapinr.recon.methods.summit.model` to the sampled lines.
 
-Loop (design.md, paper settings): per epoch a seeded permutation of the readout positions x is split into
+Loop (docs/design.md, paper settings): per epoch a seeded permutation of the readout positions x is split into
 batches of ``cfg.batch_x``; for each batch the INR gives the maps and coil maps of those x slices, the physics
 forward (structured rank-K q^n model or the exact model) predicts the sampled lines, and the loss is
 ``L1 data consistency + lambda * WNNM`` on the maps; Adam with the learning rate halved every ``lr_step``
@@ -9,6 +9,7 @@ epochs. Timing per stage (encoding+heads, forward, loss/WNNM, backward+step) is 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -27,6 +28,8 @@ from qmapinr.recon.inr.heads import MAG_PARAMS
 from qmapinr.recon.kspace import KSpace6D, QuantMaps
 from qmapinr.recon.losses.data_consistency import l1_complex
 from qmapinr.recon.losses.wnnm import wnnm_loss
+from qmapinr.recon.methods.budget import Dims, batch_size
+from qmapinr.recon.methods.progress import Progress, ProgressCallback
 from qmapinr.recon.methods.summit.initial import InitialMaps, initial_maps
 from qmapinr.recon.methods.summit.model import SummitField
 from qmapinr.recon.methods.validate import check_loss, check_maps, check_support, validate
@@ -52,10 +55,15 @@ def _sync(device: torch.device) -> None:
 
 
 class _Timer:
-    """Accumulates wall time per stage name (seconds)."""
+    """Accumulates wall time per stage name (seconds).
 
-    def __init__(self, device: torch.device) -> None:
+    On CUDA a stage time needs a host sync; it is taken only when ``sync`` is True (``fit(time_stages=True)``),
+    otherwise :meth:`mark` records nothing there, so the loop never waits on the device per batch.
+    """
+
+    def __init__(self, device: torch.device, sync: bool = True) -> None:
         self.device = device
+        self.active = device.type != "cuda" or sync
         self.totals: dict[str, float] = {}
         self._t = time.perf_counter()
 
@@ -64,6 +72,8 @@ class _Timer:
         self._t = time.perf_counter()
 
     def mark(self, name: str) -> None:
+        if not self.active:
+            return
         _sync(self.device)
         now = time.perf_counter()
         self.totals[name] = self.totals.get(name, 0.0) + now - self._t
@@ -252,35 +262,47 @@ def prepare(kspace: KSpace6D, cfg: SummitConfig) -> Prepared:
 
 
 def fit(model: nn.Module, loss_fn: BatchLoss, nx: int, cfg: SummitConfig, device: torch.device,
-        callback: EpochCallback | None = None) -> FitResult:
+        callback: EpochCallback | None = None, progress: ProgressCallback | None = None,
+        time_stages: bool = False, batch_x: int | None = None) -> FitResult:
     """The training loop every INR method shares: seeded x-batch order, Adam + step decay, plateau stop.
 
     ``model.param_groups(lr, coil_lr_scale)`` gives the Adam groups and ``model.set_epoch(epoch)`` is called at
     the start of every epoch; ``loss_fn`` returns the batch loss and its data-consistency part (for the history).
+    The epoch loss is accumulated on the device and read once per epoch (no host sync per batch); per-stage
+    times on CUDA only with ``time_stages``. ``progress`` gets a :class:`Progress` after every epoch (epoch,
+    loss, ETA). ``batch_x`` overrides ``cfg.batch_x`` (e.g. the budget-capped :func:`resolve_batch_x`).
     """
+    bx = batch_x or cfg.batch_x
     opt = torch.optim.Adam(model.param_groups(cfg.lr, cfg.coil_lr_scale), lr=cfg.lr, fused=True)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
     gen = torch.Generator().manual_seed(cfg.seed)
-    timer = _Timer(device)
+    timer = _Timer(device, sync=time_stages)
     history: list[float] = []
     t_loop = time.perf_counter()
     excluded = 0.0
     for epoch in range(cfg.epochs):
         model.set_epoch(epoch)
-        order = torch.randperm(nx, generator=gen)
-        epoch_dc = 0.0
-        for xb in order.split(cfg.batch_x):
+        order = torch.randperm(nx, generator=gen).to(device)  # one copy per epoch, batches are views
+        dc_sum = torch.zeros((), device=device)
+        loss_sum = torch.zeros((), device=device)
+        for xb in order.split(bx):
             timer.mark("other")
-            loss, dc = loss_fn(model, xb.to(device), epoch, timer)
-            check_loss(float(loss.detach()), epoch)
+            loss, dc = loss_fn(model, xb, epoch, timer)
+            loss_sum = loss_sum + loss.detach()  # NaN/Inf propagate; checked once per epoch (no host sync here)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             timer.mark("backward_step")
-            epoch_dc += float(dc.detach()) * len(xb) / nx
+            dc_sum = dc_sum + dc.detach() * (len(xb) / nx)
+        epoch_dc = float(dc_sum)  # the one host sync of the epoch
+        check_loss(float(loss_sum), epoch)
         sched.step()
         history.append(epoch_dc)
         log.info("epoch %d/%d  DC L1 %.5g  lr %.2g", epoch + 1, cfg.epochs, epoch_dc, sched.get_last_lr()[0])
+        if progress is not None:
+            spent = time.perf_counter() - t_loop - excluded
+            progress(Progress("fit", spent, epoch + 1, cfg.epochs, epoch_dc,
+                              spent / (epoch + 1) * (cfg.epochs - epoch - 1)))
         if callback is not None:
             t_cb = time.perf_counter()
             callback(epoch, t_cb - t_loop - excluded, model)
@@ -337,8 +359,22 @@ def build_field(prep: Prepared, cfg: SummitConfig) -> SummitField:
     return model
 
 
+def resolve_batch_x(kspace: KSpace6D, cfg: SummitConfig) -> int:
+    """``cfg.batch_x`` capped so that one batch's working set fits ``cfg.memory_budget_mb`` (0 = no cap).
+
+    Uses :func:`~qmapinr.recon.methods.budget.batch_size` (the estimate the server uses for admission).
+    """
+    nx, ny, nz = kspace.geometry.matrix
+    seq = kspace.seq
+    bx = batch_size(Dims(nx, ny, nz, kspace.ncoils, seq.nte, seq.nseg, seq.ntau, kspace.nlines), cfg)
+    if bx < cfg.batch_x:
+        log.info("batch_x %d -> %d to keep a batch within memory_budget_mb=%g", cfg.batch_x, bx,
+                 cfg.memory_budget_mb)
+    return bx
+
+
 def summit_recon(kspace: KSpace6D, cfg: SummitConfig | None = None,
-                 callback: EpochCallback | None = None) -> QuantMaps:
+                 callback: EpochCallback | None = None, progress: ProgressCallback | None = None) -> QuantMaps:
     """Reconstruct A, T1, T2, T2*, B0, Phase0 and a residual map with the SUMMIT INR: prepare, fit, evaluate.
 
     Parameters
@@ -347,6 +383,7 @@ def summit_recon(kspace: KSpace6D, cfg: SummitConfig | None = None,
     cfg : typed settings (defaults CPU-sized; see :class:`~qmapinr.recon.config.SummitConfig`).
     callback : called after every epoch as ``callback(epoch, seconds_so_far, model)`` (benchmarks use it to
         record convergence curves; its own time is excluded from the timings).
+    progress : receives :class:`~qmapinr.recon.methods.progress.Progress` reports (stage changes, every epoch).
 
     Returns
     -------
@@ -366,17 +403,24 @@ def summit_recon(kspace: KSpace6D, cfg: SummitConfig | None = None,
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     t_start = time.perf_counter()
+    report = progress or (lambda p: None)
+    report(Progress("prepare", 0.0))
     prep = prepare(kspace, cfg)
     check_support(prep.mask, prep.kspace)
+    cfg = dataclasses.replace(cfg, batch_x=resolve_batch_x(prep.kspace, cfg))
     model = build_field(prep, cfg)
-    result = fit(model, SummitLoss(prep, cfg), prep.kspace.geometry.matrix[0], cfg, prep.device, callback)
+    report(Progress("fit", time.perf_counter() - t_start, 0, cfg.epochs))
+    result = fit(model, SummitLoss(prep, cfg), prep.kspace.geometry.matrix[0], cfg, prep.device, callback,
+                 progress)
     timings = dict(prep.timings, **result.timings)
+    report(Progress("maps", time.perf_counter() - t_start - timings["callback_s"]))
     out = final_maps(model, prep.hybrid, prep.fwd, prep.kspace, prep.mask, prep.scale, cfg.batch_x)
     timings["total_s"] = time.perf_counter() - t_start - timings.pop("callback_s")
     out.info.update({"history": result.history, "timings": timings, "scale": prep.scale, "config": cfg,
                      "sigma_noise": prep.sigma, "init": {k: v.numpy() for k, v in prep.init.maps.items()},
                      "warnings": warnings})
     check_maps(out, "summit")
+    report(Progress("done", timings["total_s"]))
     return out
 
 

@@ -40,7 +40,7 @@ def _maps(bx: int, nz: int, ny: int, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def test_signal_matches_hand_computed_value():
-    """design.md closed form evaluated by hand for one WM-like voxel."""
+    """docs/design.md closed form evaluated by hand for one WM-like voxel."""
     a, t1, t2, t2s, phi0, df = 0.7, 832.0, 79.2, 53.2, 0.3, 12.0
     e, t, n = 2, 1, 17
     e1 = math.exp(-SEQ.tr_ms / t1)
@@ -86,7 +86,7 @@ def test_line_subspace_op_is_adjoint():
 
 @pytest.mark.parametrize("rank,tol", [(6, 3e-3), (8, 2e-4)])
 def test_structured_forward_matches_exact_forward(rank, tol):
-    """The rank-K q^n model reproduces the exact per-(n, tau, TE) model within the basis error (design.md)."""
+    """The rank-K q^n model reproduces the exact per-(n, tau, TE) model within the basis error (docs/design.md)."""
     nz, ny, bx = 6, 8, 2
     lines = _lines(nz, ny, 300, SEQ)
     maps = _maps(bx, nz, ny)

@@ -37,7 +37,7 @@ def test_reconstruct_stage_sends_the_reason_as_text(monkeypatch):
     tiny = tiny_dataset()
     reason = "QSM not computed: brain mask has 3 voxels (< 64)"
 
-    def fake(kspace, chain, cfg):
+    def fake(kspace, chain, cfg, progress=None):
         return QuantMaps(maps={}, info={"qsm_unavailable": reason})
 
     monkeypatch.setattr(chains, "reconstruct", fake)

@@ -1,4 +1,4 @@
-"""Brain and NIST-like phantoms: labels, truth values (phantoms.md, NIST CSV), shapes, seeding; coil maps."""
+"""Brain and NIST-like phantoms: labels, truth values (docs/phantoms.md, NIST CSV), shapes, seeding; coil maps."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import pytest
 from qmapinr.recon.sim.coils import coil_sensitivities
 from qmapinr.recon.sim.phantom import brain_phantom, nist_phantom, nist_reference
 
-# phantoms.md (typed here, not imported, so a wrong table in the code fails)
+# docs/phantoms.md (typed here, not imported, so a wrong table in the code fails)
 PHANTOMS_MD = {
     "WM": {"T1": 832.0, "T2": 79.2, "T2star": 53.2, "A": 0.65, "chi": -0.030},
     "GM": {"T1": 1331.0, "T2": 110.0, "T2star": 66.0, "A": 0.78, "chi": 0.020},
