@@ -20,10 +20,10 @@ class LoreinConfig(SummitConfig):
     echoes. ``lrr_mode`` : "inr" (hash grid + MLP with 2 K nte outputs, a residual around the initial PMR
     coefficients) or "tensor" (explicit complex coefficient images, one value per voxel, echo and basis).
     ``lambda_lrr_dc`` / ``lambda_pmr_dc`` : weights of the L1 data consistency of the LRR series and of the PMR
-    signal. ``lambda_cons`` : weight of the consistency ``|U_lrr - P_V S_pmr|`` (L1 over the support, scaled to
-    data units). ``cons_grad`` : which block the consistency term updates: "both", "pmr" (LRR detached: the
-    weighted images guide the maps) or "lrr". ``lrr_output`` : also return the LRR weighted-image series
-    (magnitude, ``lrr_output_readouts`` readouts per tau) as an MRD image series per echo.
+    signal. ``lambda_cons`` : weight of the consistency ``|U_lrr - P_V S_pmr|^2`` (mean over the support, in noise
+    units, times the initial data-consistency loss). ``cons_grad`` : which block the consistency term updates:
+    "both", "pmr" (LRR detached: the weighted images guide the maps) or "lrr". ``lrr_output`` : also return the LRR
+    weighted-image series (magnitude, ``lrr_output_readouts`` readouts per tau) as an MRD image series per echo.
     """
 
     lrr_rank: int = 8

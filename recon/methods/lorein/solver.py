@@ -5,13 +5,16 @@ Per batch of readout positions (:class:`LoreinLoss`)::
     loss = lambda_pmr_dc * DC(F_pmr(maps, coil))                 # SUMMIT's data consistency of the PMR signal
          + WNNM(maps)                                            # SUMMIT's regulariser, unchanged
          + lambda_lrr_dc * DC(F_V(coil * U))                     # data consistency of the LRR series
-         + lambda_cons * s * |U - P_V S_pmr(maps)|_1,support     # the two blocks agree
+         + lambda_cons * dc_0 * mean_support |U - P_V S_pmr(maps)|^2 / (sigma_rel^2 mean_support |U_0|^2)
 
 ``F_V`` is :class:`~qmapinr.recon.physics.forward.LineSubspaceOp` with the temporal basis V: K FFTs per coil and
-echo. ``s = mean|y| / mean|U_0|`` (support) puts the coefficient-domain consistency in data units, so the lambdas
-are comparable. ``cons_grad`` detaches one side of the consistency ("pmr": only the maps follow the LRR
-series, "lrr": only the series follows the maps, "both"). Decisions and their measurements:
-docs/benchmarks/lorein.md.
+echo. The consistency is a squared error in noise units (``sigma_rel`` = the inverse image SNR that ``prepare``
+estimates from the noise pre-scan, the same as SUMMIT's WNNM uses; 1 = the blocks disagree at the noise level),
+times the initial data-consistency loss ``dc_0`` like SUMMIT's lambdas. Decision, measured: an L1 consistency (first
+tried) has full-strength gradients at zero disagreement; since both blocks start in agreement it locked them
+together and the maps did not move from their initial values (docs/benchmarks/lorein.md). ``cons_grad`` detaches one
+side of the consistency ("pmr": only the maps follow the LRR series, "lrr": only the series follows the maps,
+"both"). Decisions and their measurements: docs/benchmarks/lorein.md.
 
 Everything else is SUMMIT's: :func:`~qmapinr.recon.methods.summit.solver.prepare` (coil maps, data scale, noise
 level, initial maps, forward model), :func:`~qmapinr.recon.methods.summit.solver.build_field` (the PMR field and
@@ -71,7 +74,7 @@ def lrr_lines(op: LineSubspaceOp, u: torch.Tensor, coil: torch.Tensor) -> torch.
 class LoreinLoss:
     """The joint batch loss (module docstring); ``terms`` keeps the per-epoch mean of each part.
 
-    ``terms``: list (one entry per epoch) of dicts ``pmr_dc``, ``lrr_dc``, ``cons`` (unweighted, data units).
+    ``terms``: list (one entry per epoch) of dicts ``pmr_dc``, ``lrr_dc`` (data units) and ``cons`` (noise units).
     Returns ``(loss, pmr_dc)`` to :func:`fit`, so the loop's history is comparable with SUMMIT's.
     """
 
@@ -87,7 +90,9 @@ class LoreinLoss:
             raise ValueError("LoREIN: the support mask is empty; nothing to reconstruct")
         with torch.no_grad():
             u0 = model.lrr(torch.arange(self.support.shape[0], device=prep.device))
-            self.cons_scale = float(prep.hybrid.abs().mean()) / max(float(u0[self.support].abs().mean()), 1e-12)
+            a_scale, a_sigma = prep.levels["A"]
+            power = float(u0[self.support].abs().pow(2).mean())
+            self.cons_scale = 1.0 / max((a_sigma / a_scale) ** 2 * power, 1e-30)
         self.nx = self.support.shape[0]
         self.terms: list[dict[str, float]] = []
 
@@ -102,9 +107,12 @@ class LoreinLoss:
         ul = u.detach() if cfg.cons_grad == "pmr" else u
         up = up.detach() if cfg.cons_grad == "lrr" else up
         m = self.support[xb]
-        cons = l1_complex(ul[m], up[m].to(ul.dtype)) * self.cons_scale if bool(m.any()) else u.real.new_zeros(())
+        if bool(m.any()):
+            cons = (ul[m] - up[m].to(ul.dtype)).abs().pow(2).mean() * self.cons_scale
+        else:
+            cons = u.real.new_zeros(())
         loss = (cfg.lambda_pmr_dc * pmr_dc + (pmr_loss - pmr_dc) + cfg.lambda_lrr_dc * lrr_dc
-                + cfg.lambda_cons * cons)
+                + cfg.lambda_cons * self.summit.dc_ref * cons)
         if not bool(torch.isfinite(loss)):
             raise FloatingPointError(f"LoREIN loss is not finite at epoch {epoch} (pmr_dc={float(pmr_dc):.3g}, "
                                      f"lrr_dc={float(lrr_dc):.3g}, cons={float(cons):.3g})")
