@@ -43,7 +43,7 @@ def _parse_variants(args: argparse.Namespace) -> dict[str, tuple[str, dict[str, 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--R", type=float, nargs="+", default=[4, 8, 16, 32, 48])
-    p.add_argument("--methods", nargs="+", default=["summit", "lorein", "baseline"])
+    p.add_argument("--methods", nargs="*", default=["summit", "lorein", "baseline"])
     p.add_argument("-p", "--property", action="append", metavar="METHOD:KEY=VALUE")
     p.add_argument("--variant", action="append", metavar="NAME=METHOD:K=V,K=V")
     p.add_argument("--snr", type=float, default=30.0)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_connection import FakeConnection, capture_reconstruct
 
 from qmapinr.gadgets import chains
 from qmapinr.gadgets.images import LRR_SERIES_BASE, mrd_images_to_maps
 from qmapinr.recon.config import ConfigError, SummitConfig
-from qmapinr.recon.kspace import QuantMaps
 from qmapinr.recon.methods.lorein.config import LoreinConfig
 from qmapinr.recon.methods.registry import METHODS
 from qmapinr.recon.methods.subspace import SubspaceConfig
@@ -20,31 +20,9 @@ REPO = Path(__file__).resolve().parents[4]
 TINY_H5 = REPO / "tests" / "data" / "tiny.h5"
 
 
-class FakeConnection:
-    def __init__(self, items, header, config: ET.Element | None, parameters=None):
-        self._items, self.header, self.config = items, header, config
-        self.parameters = parameters or {}
-        self.sent = []
-
-    def __iter__(self):
-        return iter(self._items)
-
-    def send(self, item):
-        self.sent.append(item)
-
-
 @pytest.fixture
 def seen(monkeypatch):
-    got = {}
-
-    def fake_reconstruct(kspace, chain, cfg):
-        got["chain"], got["cfg"] = chain, cfg
-        nx, ny, nz = kspace.geometry.matrix
-        z = np.zeros((nz, ny, nx), np.float32)
-        return QuantMaps(maps={"T1": z + 1000}, mask=z > -1, info={"geometry": kspace.geometry})
-
-    monkeypatch.setattr(chains, "reconstruct", fake_reconstruct)
-    return got
+    return capture_reconstruct(monkeypatch)
 
 
 def _xml_config(name: str) -> ET.Element:
