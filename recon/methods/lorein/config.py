@@ -36,5 +36,6 @@ class LoreinConfig(SummitConfig):
     lambda_pmr_dc: float = 1.0
     lambda_cons: float = 1.0
     cons_grad: str = "both"
+    lrr_coil_grad: bool = False  # let the LRR data term update the shared coil model too
     lrr_output: bool = False
     lrr_output_readouts: int = 3

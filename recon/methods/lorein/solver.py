@@ -101,7 +101,8 @@ class LoreinLoss:
         maps, coil, u = model(xb)
         timer.mark("inr")
         pmr_loss, pmr_dc = self.summit.terms(maps, coil, xb, epoch, timer)
-        lrr_dc = l1_complex(lrr_lines(self.op, u, coil), self.prep.hybrid[xb])
+        lrr_coil = coil if cfg.lrr_coil_grad else coil.detach()  # U x coil has a per-voxel scale ambiguity
+        lrr_dc = l1_complex(lrr_lines(self.op, u, lrr_coil), self.prep.hybrid[xb])
         timer.mark("lrr_forward")
         up = pmr_coefficients(maps, self.basis, self.prep.kspace.seq)
         ul = u.detach() if cfg.cons_grad == "pmr" else u
