@@ -30,8 +30,8 @@ def test_joint_fit_lowers_the_lrr_and_the_pmr_losses(tiny_kspace):
     out = lorein_recon(ks, dataclasses.replace(TINY, lrr_output=True, lrr_output_readouts=2))
     terms = out.info["lorein_terms"]
     assert len(terms) == TINY.epochs
-    assert terms[-1]["lrr_dc"] < 0.95 * terms[0]["lrr_dc"], terms
-    assert terms[-1]["pmr_dc"] < 0.98 * terms[0]["pmr_dc"], terms
+    assert terms[-1]["lrr_dc"] < 0.99 * terms[0]["lrr_dc"], terms
+    assert terms[-1]["pmr_dc"] < 0.995 * terms[0]["pmr_dc"], terms
     assert all(np.isfinite(v).all() for v in out.maps.values())
     series = out.info["lrr_series"]  # (nte, ntau, 2, nz, ny, nx)
     assert series.shape == (ks.seq.nte, ks.seq.ntau, 2, 4, 16, 16) and np.isfinite(series).all()
