@@ -1,7 +1,7 @@
 """Benchmark: SUMMIT vs LoREIN vs the subspace baseline over the acceleration R (docs/benchmarks/lorein.md).
 
 Per R one simulated brain phantom (the project's current simulator, ``qmapinr.recon.sim.simulate``) is
-reconstructed by every method; NRMSE of T1/T2/T2*/A over WM+GM ("encoded tissue", design.md) and over the whole
+reconstructed by every method; NRMSE of T1/T2/T2*/A over WM+GM ("encoded tissue", docs/design.md) and over the whole
 mask, wall time (s) and peak RSS above the start (MB) are printed as a markdown table and written as JSON.
 
     PYTHONPATH=src python scripts/bench_lorein.py --R 4 8 16 32 48 --out /tmp/bench_lorein.json
