@@ -8,6 +8,13 @@ Every chain is the same generator pipeline over the connection (gadgetron packag
 Properties come from the ``<configuration>`` of the ``<external>`` block (``connection.config``) and, on the
 standalone server, from JSON parameters of a TEXT message (``connection.parameters``; these win). They are parsed
 once into the chain's typed config (:data:`CHAIN_CONFIGS`); an unknown property is an error naming the known ones.
+
+The method switch: the property ``method`` (``summit``, ``lorein``, ``baseline``: a key of the one registry,
+:data:`~qmapinr.recon.methods.registry.METHODS`) picks the solver; the entry functions below are presets that only
+differ in its default (config_xml/summit.xml, lorein.xml, baseline.xml). A site changes method by editing that one
+property in its XML or by sending ``{"method": "lorein"}`` as a JSON parameter. When ``method`` switches away from
+the entry's default, properties of another registered method (e.g. SUMMIT's in summit.xml when switching to the
+baseline) are ignored with a warning; a property no method knows is still an error.
 """
 
 from __future__ import annotations
@@ -22,11 +29,11 @@ import ismrmrd
 from qmapinr.gadgets.properties import properties_from_config
 from qmapinr.gadgets.stages import buffer_kspace, maps_to_images, split_noise
 from qmapinr.gadgets.threads import session_config
-from qmapinr.recon.config import from_properties
+from qmapinr.recon.config import field_names, from_properties
 from qmapinr.recon.kspace import KSpace6D, QuantMaps
 from qmapinr.recon.methods import budget
 from qmapinr.recon.methods.progress import ThrottledProgress
-from qmapinr.recon.methods.registry import METHODS, reconstruct
+from qmapinr.recon.methods.registry import METHODS, get_method, reconstruct
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,9 @@ REPETITION_SERIES_STRIDE = 100
 
 CHAIN_CONFIGS: dict[str, type] = {name: m.config for name, m in METHODS.items()}
 """Chain name -> typed config dataclass whose fields are the chain's properties."""
+
+METHOD_PROPERTY = "method"
+"""The one method switch: the property naming the registered method a chain runs."""
 
 
 def _text_sink(connection: Any) -> Callable[[str], None]:
@@ -132,9 +142,28 @@ def reconstruct_stage(items: Iterable, header, chain: str, cfg: Any, progress=No
             yield str(maps.info["qsm_unavailable"])
 
 
+def select_method(props: dict[str, str], default: str) -> tuple[str, dict[str, str]]:
+    """(method, its properties) from the chain properties: ``method`` (default ``default``) picks the solver.
+
+    After a switch away from ``default``, properties that only other registered methods know are dropped (logged).
+    """
+    props = dict(props)
+    method = props.pop(METHOD_PROPERTY, default).strip().lower()
+    own = field_names(get_method(method).config)
+    if method != default:
+        others = set().union(*(field_names(m.config) for n, m in METHODS.items() if n != method))
+        dropped = sorted(k for k in props if k not in own and k in others)
+        if dropped:
+            log.warning("method %s (switched from %s): ignoring properties of other methods %s", method, default,
+                        dropped)
+        props = {k: v for k, v in props.items() if k not in dropped}
+    return method, props
+
+
 def run_chain(connection: Any, chain: str) -> None:
-    """Run chain ``chain`` over ``connection`` until the client closes the stream."""
-    cfg = session_config(from_properties(CHAIN_CONFIGS[chain], chain_properties(connection)), chain)  # threads
+    """Run the method that the ``method`` property names (default ``chain``) over ``connection`` until CLOSE."""
+    chain, props = select_method(chain_properties(connection), chain)
+    cfg = session_config(from_properties(CHAIN_CONFIGS[chain], props), chain)  # threads
     log.info("%s chain started with %s", chain, cfg)
     limits = admit_header(connection, chain, cfg)
     header = connection.header
@@ -157,10 +186,15 @@ def summit(connection: Any) -> None:
     run_chain(connection, "summit")
 
 
+def lorein(connection: Any) -> None:
+    """LoREIN (low-rank block + SUMMIT's parametric-map INR) chain (config_xml/lorein.xml)."""
+    run_chain(connection, "lorein")
+
+
 def baseline(connection: Any) -> None:
     """Temporal-subspace + TV + dictionary matching baseline chain (config_xml/baseline.xml)."""
     run_chain(connection, "baseline")
 
 
-CHAINS: dict[str, Callable[[Any], None]] = {"summit": summit, "baseline": baseline}
+CHAINS: dict[str, Callable[[Any], None]] = {"summit": summit, "lorein": lorein, "baseline": baseline}
 """Chain name -> entry function, used by the MRD server to pick a chain from the config name."""

@@ -25,6 +25,12 @@ SERIES_INDEX: dict[str, int] = {
 }
 """Map name -> ``image_series_index`` (before ``series_offset``)."""
 
+LRR_SERIES_BASE = 101
+"""``image_series_index`` of LoREIN's LRR weighted-image series of echo ``e``: ``LRR_SERIES_BASE + e``."""
+
+LRR_ROLE = "LRRSeries"
+"""Meta ``DataRole`` of the LRR series images (not maps: :func:`mrd_images_to_maps` skips them)."""
+
 QUANTITATIVE = frozenset({"T1", "T2", "T2star", "B0", "QSM", "LocalField"})
 """Maps with physical units: meta ``DataRole`` = ``Quantitative``; the others get ``Image``."""
 
@@ -147,6 +153,42 @@ def maps_to_mrd_images(
             meta["Warning"] = warnings
         image.attribute_string = meta.serialize()
         images.append(image)
+    if qmaps.info.get("lrr_series") is not None:
+        images += lrr_series_images(qmaps.info["lrr_series"], qmaps.info["lrr_readouts"], geometry, header,
+                                    series_offset)
+    return images
+
+
+def lrr_series_images(series: np.ndarray, readouts, geometry: Geometry, header=None,
+                      series_offset: int = 0) -> list[ismrmrd.Image]:
+    """LoREIN's LRR weighted images: one MRD series per echo, one image per (tau, readout n).
+
+    ``series`` float32 ``(nte, ntau, nread, nz, ny, nx)`` magnitudes; ``readouts`` int ``(nread,)`` the n of each.
+    Series ``LRR_SERIES_BASE + e + series_offset``, ``image_index`` ``1 + t * nread + j``; meta MapName
+    ``LRR_echo<e>``, DataRole ``LRRSeries``, Echo, TauIndex, Readout, a window over the whole echo series.
+    """
+    images = []
+    nte, ntau, nread, nz, ny, nx = series.shape
+    fov = _recon_fov(header, (nx, ny, nz), geometry)
+    for e in range(nte):
+        lo, hi = robust_window(series[e])
+        for t in range(ntau):
+            for j in range(nread):
+                image = ismrmrd.Image.from_array(
+                    np.ascontiguousarray(series[e, t, j], dtype=np.float32), transpose=False,
+                    image_type=ismrmrd.IMTYPE_MAGNITUDE, image_index=1 + t * nread + j,
+                    image_series_index=LRR_SERIES_BASE + e + series_offset, field_of_view=fov,
+                    position=geometry.position, read_dir=geometry.read_dir, phase_dir=geometry.phase_dir,
+                    slice_dir=geometry.slice_dir, patient_table_position=geometry.patient_table_position)
+                meta = ismrmrd.Meta()
+                meta["MapName"] = f"LRR_echo{e}"
+                meta["DataRole"] = LRR_ROLE
+                meta["Echo"], meta["TauIndex"], meta["Readout"] = str(e), str(t), str(int(readouts[j]))
+                meta["SeriesDescription"] = f"qmapinr_LRR_echo{e}"
+                meta["WindowCenter"], meta["WindowWidth"] = _fmt((lo + hi) / 2), _fmt(hi - lo)
+                meta["ImageProcessingHistory"] = "QMAPINR"
+                image.attribute_string = meta.serialize()
+                images.append(image)
     return images
 
 
@@ -164,6 +206,8 @@ def mrd_images_to_maps(images) -> dict[str, tuple[np.ndarray, str]]:
     out: dict[str, tuple[np.ndarray, str]] = {}
     for image in images:
         meta = image.meta
+        if meta.get("DataRole") == LRR_ROLE:  # LoREIN's weighted-image series, not a map
+            continue
         name = meta.get("MapName") or _series_to_name(int(image.image_series_index))
         if name is None or name not in MAP_UNITS:
             raise ValueError(

@@ -48,6 +48,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from qmapinr.recon.evaluation.metrics import format_scores, score
 
     props = parse_properties(args.property)
+    if getattr(args, "method", None):
+        props["method"] = args.method  # the one method switch (a chain property, as in the XML)
     result = replay(args.input, module=args.module, target=args.chain, properties=props, mode=args.mode,
                     timeout=args.timeout, progress=None if not args.no_progress else False,
                     save_stream=args.save_stream)
@@ -88,7 +90,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_replay_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--chain", default="summit", help="chain / target function (summit, baseline)")
+    p.add_argument("--chain", default="summit", help="chain / target function (summit, lorein, baseline)")
+    p.add_argument("--method", default=None, help="method switch property (summit, lorein, baseline); "
+                   "overrides the chain's default method")
     p.add_argument("--module", default="qmapinr.gadgets.chains", help="external gadget module")
     p.add_argument("--mode", choices=["subprocess", "inprocess"], default="subprocess",
                    help="subprocess = 'python -m gadgetron PORT MODULE TARGET' as Gadgetron 4 does")

@@ -12,6 +12,8 @@ import numpy as np
 
 from qmapinr.recon.config import SummitConfig
 from qmapinr.recon.kspace import KSpace6D, QuantMaps
+from qmapinr.recon.methods.lorein.config import LoreinConfig
+from qmapinr.recon.methods.lorein.solver import lorein_recon
 from qmapinr.recon.methods.subspace import SubspaceConfig, subspace_recon
 from qmapinr.recon.methods.summit.solver import summit_recon
 from qmapinr.recon.methods.validate import check_maps, validate
@@ -67,6 +69,8 @@ class Method:
 
 METHODS: dict[str, Method] = {
     "summit": Method("summit", SummitConfig, summit_recon, "SUMMIT hash-grid INR + Bloch signal model, L1 DC + WNNM"),
+    "lorein": Method("lorein", LoreinConfig, lorein_recon,
+                     "LoREIN: low-rank (LRR) block + SUMMIT's parametric-map INR, fitted jointly"),
     "baseline": Method("baseline", SubspaceConfig, subspace_recon,
                        "temporal-subspace SENSE + 3-D TV (ADMM) + dictionary matching"),
 }

@@ -2,45 +2,12 @@
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
-
 import pytest
+from fake_connection import FakeConnection  # tests/helpers
+from fake_connection import capture_reconstruct as _capture
 
 from qmapinr.gadgets import chains
 from qmapinr.recon.config import ConfigError, SummitConfig
-from qmapinr.recon.kspace import QuantMaps
-
-
-class FakeConnection:
-    """The parts of gadgetron.external.Connection a chain uses."""
-
-    def __init__(self, items, header, config_xml: str | None, parameters=None):
-        self._items = items
-        self.header = header
-        self.config = ET.fromstring(config_xml) if config_xml else None
-        self.parameters = parameters or {}
-        self.sent = []
-
-    def __iter__(self):
-        return iter(self._items)
-
-    def send(self, item):
-        self.sent.append(item)
-
-
-def _capture(monkeypatch):
-    seen = {}
-
-    def fake_reconstruct(kspace, chain, cfg, progress=None):
-        import numpy as np
-
-        seen["cfg"], seen["chain"] = cfg, chain
-        nx, ny, nz = kspace.geometry.matrix
-        z = np.zeros((nz, ny, nx), np.float32)
-        return QuantMaps(maps={"T1": z + 1000, "T2": z + 80}, mask=z > -1, geometry=kspace.geometry)
-
-    monkeypatch.setattr(chains, "reconstruct", fake_reconstruct)
-    return seen
 
 
 def test_xml_properties_reach_the_solver(monkeypatch, measurement):

@@ -99,6 +99,7 @@ def validate_stream_config(text: str, chains: Mapping | None, chain_configs: Map
             problems.append(f"file name {file_stem}.xml does not name a chain ({sorted(chains)})")
         if chain_configs is None:
             continue
+        key = props.pop("method", key)  # the method switch: the other properties belong to the named method
         if key not in chain_configs:
             problems.append(f"chain {key!r} has no entry in CHAIN_CONFIGS")
             continue

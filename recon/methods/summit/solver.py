@@ -336,6 +336,11 @@ class SummitLoss:
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         maps, coil = model(xb)
         timer.mark("inr")
+        return self.terms(maps, coil, xb, epoch, timer)
+
+    def terms(self, maps: dict[str, torch.Tensor], coil: torch.Tensor, xb: torch.Tensor, epoch: int, timer: _Timer
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, data consistency) of already evaluated maps and coils of the batch ``xb`` (LoREIN's PMR part)."""
         pred = self.prep.fwd(maps, coil)
         timer.mark("forward")
         dc = l1_complex(pred, self.prep.hybrid[xb])
