@@ -22,6 +22,8 @@ import threading
 import time
 import traceback
 
+from qmapinr.gadgets.transport.socketstream import linger_close
+
 logger = logging.getLogger(__name__)
 gadget_logger = logging.getLogger("qmapinr.gadgets.transport.replay.gadget")
 
@@ -99,24 +101,9 @@ class _EofAwareSocket:
         return data
 
     def close(self, linger: float = 2.0) -> None:
-        """Shut down the sending side, discard unread input until the peer closes (at most ``linger`` s), close.
-
-        A plain ``close`` with unread input (the gadget failed while acquisitions were still arriving) resets the
-        connection, and the replay side may lose images that were already sent.
-        """
-        try:
-            self._sock.shutdown(socket.SHUT_WR)
-            self._sock.settimeout(0.2)
-            deadline = time.monotonic() + linger
-            while time.monotonic() < deadline:
-                try:
-                    if not self._sock.recv(1 << 16):
-                        break
-                except TimeoutError:
-                    continue
-        except OSError as exc:
-            logger.debug("lingering close: %s", exc)
-        self._sock.close()
+        """Lingering close (:func:`~qmapinr.gadgets.transport.socketstream.linger_close`): a gadget that fails
+        while acquisitions still arrive must not reset the connection before its images are read."""
+        linger_close(self._sock, linger)
 
     def __getattr__(self, name):
         return getattr(self._sock, name)

@@ -158,17 +158,24 @@ class SocketStream:
         """Close; with ``linger`` > 0 first shut down the sending side and discard input until the peer
         closes (at most ``linger`` s), so that closing with unread input does not reset the connection before
         the peer has read what was sent (e.g. an error TEXT followed by CLOSE)."""
-        if linger > 0:
-            try:
-                self.socket.shutdown(socket.SHUT_WR)
-                self.socket.settimeout(0.2)
-                deadline = time.monotonic() + linger
-                while time.monotonic() < deadline:
-                    try:
-                        if not self.socket.recv(1 << 16):
-                            break
-                    except TimeoutError:
-                        continue
-            except OSError as exc:
-                logger.debug("lingering close: %s", exc)
-        self.socket.close()
+        linger_close(self.socket, linger)
+
+
+def linger_close(sock: socket.socket, linger: float) -> None:
+    """Close ``sock``; with ``linger`` > 0 first shut down the sending side and discard input until the peer
+    closes (at most ``linger`` s): a plain close with unread input resets the connection, and the peer may lose
+    what was sent last (an error TEXT, the images of a gadget that then failed)."""
+    if linger > 0:
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(0.2)
+            deadline = time.monotonic() + linger
+            while time.monotonic() < deadline:
+                try:
+                    if not sock.recv(1 << 16):
+                        break
+                except TimeoutError:
+                    continue
+        except OSError as exc:
+            logger.debug("lingering close: %s", exc)
+    sock.close()
