@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from qmapinr.recon.config import ConfigError, HashGridConfig, SummitConfig, check_literals
+from qmapinr.recon.inr.heads import DEFAULT_RANGES
 from qmapinr.recon.kspace import KSpace6D, QuantMaps
 
 log = logging.getLogger(__name__)
@@ -276,8 +277,17 @@ def check_support(mask: torch.Tensor | np.ndarray, kspace: KSpace6D) -> None:
         "distinct (tau, n) to form an initial image")
 
 
+BOUND_FRACTION = 0.25
+"""A relaxation map with more than this fraction of its in-mask voxels at the model's upper bound is flagged."""
+
+
 def check_maps(maps: QuantMaps, method: str) -> None:
-    """Raise :class:`ReconstructionError` unless ``maps`` has a non-empty mask, finite values and some signal."""
+    """Raise :class:`ReconstructionError` unless ``maps`` has a non-empty mask, finite values and some signal.
+
+    A T1/T2/T2* map whose in-mask voxels sit at the upper bound of the INR heads (:data:`DEFAULT_RANGES`, within
+    5 %) in more than :data:`BOUND_FRACTION` of the mask is not determined by the data: it is returned, with a
+    warning in the log and in ``info['warnings']`` (the meta ``Warning`` of every image), never silently.
+    """
     if maps.mask is None or not bool(np.asarray(maps.mask).any()):
         raise ReconstructionError(f"{method}: the output mask is empty (no voxel with signal): no maps to return")
     mask = np.asarray(maps.mask)
@@ -289,3 +299,15 @@ def check_maps(maps: QuantMaps, method: str) -> None:
     amp = maps.maps.get("A")
     if amp is not None and not bool(np.any(np.asarray(amp)[mask] != 0)):
         raise ReconstructionError(f"{method}: the amplitude map is 0 everywhere inside the mask: no signal")
+    for name in ("T1", "T2", "T2star"):
+        if name not in maps.maps or DEFAULT_RANGES.get(name) is None:
+            continue
+        hi = DEFAULT_RANGES[name][1]
+        frac = float(np.mean(np.asarray(maps.maps[name])[mask] >= 0.95 * hi))
+        if frac > BOUND_FRACTION:
+            msg = (f"{method}: {name} is at its model bound ({hi:g} ms) in {100 * frac:.0f} % of the mask: "
+                   "not determined by these data")
+            notes = maps.info.setdefault("warnings", [])
+            if msg not in notes:  # check_maps runs in the solver and again in the registry: say it once
+                log.warning(msg)
+                notes.append(msg)

@@ -137,3 +137,15 @@ def test_wnnm_patch_clipped_to_a_thin_slab_and_validate_is_idempotent(scan):
     assert again == cfg and more == []
     off, quiet = validate(SummitConfig(lambda_a=0, lambda_t1_phase=0, lambda_t2=0), scan)
     assert off.wnnm_patch == 5 and quiet == []  # WNNM off: nothing to clip
+
+
+def test_maps_at_the_model_bound_are_flagged_not_silent():
+    mask = np.ones((2, 4, 4), bool)
+    t2s = np.full((2, 4, 4), 50.0, np.float32)
+    t2s[0] = 3000.0  # half the mask at the T2* bound of the heads
+    qm = QuantMaps(maps={"A": np.ones_like(t2s), "T2star": t2s}, mask=mask)
+    check_maps(qm, "summit")
+    assert any("T2star is at its model bound" in w for w in qm.info["warnings"])
+    ok = QuantMaps(maps={"A": np.ones_like(t2s), "T2star": np.full_like(t2s, 50.0)}, mask=mask)
+    check_maps(ok, "summit")
+    assert not ok.info.get("warnings")
