@@ -95,9 +95,7 @@ def admit_stage(items: Iterable, header, chain: str, cfg: Any, limits: budget.Li
     """Check every buffered KSpace6D (real coil and line counts) against the limits before reconstructing it."""
     for item in items:
         if isinstance(item, KSpace6D):
-            nx, ny, nz = item.geometry.matrix
-            dims = budget.Dims(nx, ny, nz, item.ncoils, item.seq.nte, item.seq.nseg, item.seq.ntau, item.nlines)
-            est = budget.admit(dims, chain, cfg, limits)
+            est = budget.admit(budget.dims_from_kspace(item), chain, cfg, limits)
             log.info("%s: %d lines buffered; estimated %s", chain, item.nlines, est.describe())
             if connection is not None and hasattr(connection, "set_budget"):
                 connection.estimated_seconds = est.seconds

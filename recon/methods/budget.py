@@ -152,6 +152,13 @@ def dims_from_header(header, ncoils: int | None = None, nlines: int | None = Non
     return Dims(nx, ny, nz, int(coils), seq.nte, seq.nseg, seq.ntau, nlines)
 
 
+def dims_from_kspace(kspace) -> Dims:
+    """:class:`Dims` of a buffered :class:`~qmapinr.recon.kspace.KSpace6D` (real coil and line counts)."""
+    nx, ny, nz = kspace.geometry.matrix
+    seq = kspace.seq
+    return Dims(nx, ny, nz, kspace.ncoils, seq.nte, seq.nseg, seq.ntau, kspace.nlines)
+
+
 def _grid_params(grid: Any, dims: Dims) -> int:
     if grid is None:
         return 0

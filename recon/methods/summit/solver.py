@@ -28,7 +28,7 @@ from qmapinr.recon.inr.heads import MAG_PARAMS
 from qmapinr.recon.kspace import KSpace6D, QuantMaps
 from qmapinr.recon.losses.data_consistency import l1_complex
 from qmapinr.recon.losses.wnnm import wnnm_loss
-from qmapinr.recon.methods.budget import Dims, batch_size
+from qmapinr.recon.methods.budget import batch_size, dims_from_kspace
 from qmapinr.recon.methods.progress import Progress, ProgressCallback
 from qmapinr.recon.methods.summit.initial import InitialMaps, initial_maps
 from qmapinr.recon.methods.summit.model import SummitField
@@ -369,9 +369,7 @@ def resolve_batch_x(kspace: KSpace6D, cfg: SummitConfig) -> int:
 
     Uses :func:`~qmapinr.recon.methods.budget.batch_size` (the estimate the server uses for admission).
     """
-    nx, ny, nz = kspace.geometry.matrix
-    seq = kspace.seq
-    bx = batch_size(Dims(nx, ny, nz, kspace.ncoils, seq.nte, seq.nseg, seq.ntau, kspace.nlines), cfg)
+    bx = batch_size(dims_from_kspace(kspace), cfg)
     if bx < cfg.batch_x:
         log.info("batch_x %d -> %d to keep a batch within memory_budget_mb=%g", cfg.batch_x, bx,
                  cfg.memory_budget_mb)
