@@ -25,7 +25,6 @@ its amplitude gain), :func:`~qmapinr.recon.methods.summit.solver.fit` (the one t
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 import torch
@@ -41,15 +40,8 @@ from qmapinr.recon.methods.lorein.model import (
     pmr_coefficients,
     temporal_basis,
 )
-from qmapinr.recon.methods.summit.solver import (
-    EpochCallback,
-    Prepared,
-    SummitLoss,
-    build_field,
-    final_maps,
-    fit,
-    prepare,
-)
+from qmapinr.recon.methods.progress import ProgressCallback
+from qmapinr.recon.methods.summit.solver import EpochCallback, InrRun, Prepared, SummitLoss, build_field, run_inr
 from qmapinr.recon.physics.forward import LineSubspaceOp
 
 log = logging.getLogger(__name__)
@@ -158,7 +150,7 @@ def lrr_series(model: LoreinField, n_readouts: int, scale: float, batch_x: int) 
 
 
 def lorein_recon(kspace: KSpace6D, cfg: LoreinConfig | None = None,
-                 callback: EpochCallback | None = None) -> QuantMaps:
+                 callback: EpochCallback | None = None, progress: ProgressCallback | None = None) -> QuantMaps:
     """Reconstruct the SUMMIT maps with LoREIN's joint LRR + PMR fit.
 
     Parameters
@@ -166,6 +158,7 @@ def lorein_recon(kspace: KSpace6D, cfg: LoreinConfig | None = None,
     kspace : the buffered measurement.
     cfg : :class:`LoreinConfig` (SUMMIT's settings + the LRR block).
     callback : ``callback(epoch, seconds_so_far, model)`` after every epoch (as SUMMIT's).
+    progress : stage / epoch reports (as SUMMIT's).
 
     Returns
     -------
@@ -176,20 +169,18 @@ def lorein_recon(kspace: KSpace6D, cfg: LoreinConfig | None = None,
     cfg = cfg or LoreinConfig()
     if not isinstance(cfg, LoreinConfig):
         raise TypeError(f"lorein_recon needs a LoreinConfig, got {type(cfg).__name__}")
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    t_start = time.perf_counter()
-    prep = prepare(kspace, cfg)
-    model, basis_info = build_lorein(prep, cfg)
-    loss = LoreinLoss(prep, cfg, model)
-    result = fit(model, loss, prep.kspace.geometry.matrix[0], cfg, prep.device, callback)
-    timings = dict(prep.timings, **result.timings)
-    out = final_maps(model.pmr, prep.hybrid, prep.fwd, prep.kspace, prep.mask, prep.scale, cfg.batch_x)
-    if cfg.lrr_output:
-        out.info["lrr_series"], out.info["lrr_readouts"] = lrr_series(model, cfg.lrr_output_readouts, prep.scale,
-                                                                      cfg.batch_x)
-    timings["total_s"] = time.perf_counter() - t_start - timings.pop("callback_s")
-    out.info.update({"history": result.history, "lorein_terms": loss.terms, "timings": timings, "scale": prep.scale,
-                     "config": cfg, "sigma_noise": prep.sigma, **basis_info})
-    return out
+    basis_info: dict[str, float] = {}
+
+    def make_model(prep: Prepared, c: LoreinConfig) -> LoreinField:
+        model, info = build_lorein(prep, c)
+        basis_info.update(info)
+        return model
+
+    def extras(run: InrRun, c: LoreinConfig, out: QuantMaps) -> None:
+        if c.lrr_output:
+            out.info["lrr_series"], out.info["lrr_readouts"] = lrr_series(run.model, c.lrr_output_readouts,
+                                                                          run.prep.scale, c.batch_x)
+        out.info.update({"lorein_terms": run.loss.terms, **basis_info})
+
+    return run_inr(kspace, cfg, "lorein", make_model, LoreinLoss, field=lambda model: model.pmr,
+                   callback=callback, progress=progress, extras=extras)

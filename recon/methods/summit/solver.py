@@ -376,6 +376,54 @@ def resolve_batch_x(kspace: KSpace6D, cfg: SummitConfig) -> int:
     return bx
 
 
+@dataclass
+class InrRun:
+    """What :func:`run_inr` leaves for the method to add to its output: the prepared data, the trained model and
+    its loss (the settings actually used are ``out.info['config']``)."""
+
+    prep: Prepared
+    model: nn.Module
+    loss: BatchLoss
+
+
+def run_inr(kspace: KSpace6D, cfg: SummitConfig, method: str,
+            make_model: Callable[[Prepared, SummitConfig], nn.Module],
+            make_loss: Callable[[Prepared, SummitConfig, nn.Module], BatchLoss],
+            field: Callable[[nn.Module], SummitField] = lambda model: model,
+            callback: EpochCallback | None = None, progress: ProgressCallback | None = None,
+            extras: Callable[[InrRun, SummitConfig, QuantMaps], None] | None = None) -> QuantMaps:
+    """The run every INR method shares: validate, prepare, check the support, cap the batch by the memory
+    budget, build the model and its loss, :func:`fit`, evaluate the maps of ``field(model)``, check them.
+
+    ``extras(run, cfg, out)`` adds method-specific outputs to ``out.info`` before the total time is taken.
+    """
+    cfg, warnings = validate(cfg, kspace)  # before any work; idempotent
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    t_start = time.perf_counter()
+    report = progress or (lambda p: None)
+    report(Progress("prepare", 0.0))
+    prep = prepare(kspace, cfg)
+    check_support(prep.mask, prep.kspace)
+    cfg = dataclasses.replace(cfg, batch_x=resolve_batch_x(prep.kspace, cfg))
+    model = make_model(prep, cfg)
+    loss = make_loss(prep, cfg, model)
+    report(Progress("fit", time.perf_counter() - t_start, 0, cfg.epochs))
+    result = fit(model, loss, prep.kspace.geometry.matrix[0], cfg, prep.device, callback, progress)
+    timings = dict(prep.timings, **result.timings)
+    report(Progress("maps", time.perf_counter() - t_start - timings["callback_s"]))
+    out = final_maps(field(model), prep.hybrid, prep.fwd, prep.kspace, prep.mask, prep.scale, cfg.batch_x)
+    if extras is not None:
+        extras(InrRun(prep, model, loss), cfg, out)
+    timings["total_s"] = time.perf_counter() - t_start - timings.pop("callback_s")
+    out.info.update({"history": result.history, "timings": timings, "scale": prep.scale, "config": cfg,
+                     "sigma_noise": prep.sigma, "warnings": warnings})
+    check_maps(out, method)
+    report(Progress("done", timings["total_s"]))
+    return out
+
+
 def summit_recon(kspace: KSpace6D, cfg: SummitConfig | None = None,
                  callback: EpochCallback | None = None, progress: ProgressCallback | None = None) -> QuantMaps:
     """Reconstruct A, T1, T2, T2*, B0, Phase0 and a residual map with the SUMMIT INR: prepare, fit, evaluate.
@@ -401,30 +449,11 @@ def summit_recon(kspace: KSpace6D, cfg: SummitConfig | None = None,
     ReconstructionError : data without signal or corrupt, an empty support mask, a non-finite loss, or maps
         that are not finite.
     """
-    cfg, warnings = validate(cfg or SummitConfig(), kspace)  # before any work; idempotent
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    t_start = time.perf_counter()
-    report = progress or (lambda p: None)
-    report(Progress("prepare", 0.0))
-    prep = prepare(kspace, cfg)
-    check_support(prep.mask, prep.kspace)
-    cfg = dataclasses.replace(cfg, batch_x=resolve_batch_x(prep.kspace, cfg))
-    model = build_field(prep, cfg)
-    report(Progress("fit", time.perf_counter() - t_start, 0, cfg.epochs))
-    result = fit(model, SummitLoss(prep, cfg), prep.kspace.geometry.matrix[0], cfg, prep.device, callback,
-                 progress)
-    timings = dict(prep.timings, **result.timings)
-    report(Progress("maps", time.perf_counter() - t_start - timings["callback_s"]))
-    out = final_maps(model, prep.hybrid, prep.fwd, prep.kspace, prep.mask, prep.scale, cfg.batch_x)
-    timings["total_s"] = time.perf_counter() - t_start - timings.pop("callback_s")
-    out.info.update({"history": result.history, "timings": timings, "scale": prep.scale, "config": cfg,
-                     "sigma_noise": prep.sigma, "init": {k: v.numpy() for k, v in prep.init.maps.items()},
-                     "warnings": warnings})
-    check_maps(out, "summit")
-    report(Progress("done", timings["total_s"]))
-    return out
+    def initial(run: InrRun, _cfg: SummitConfig, out: QuantMaps) -> None:
+        out.info["init"] = {k: v.numpy() for k, v in run.prep.init.maps.items()}
+
+    return run_inr(kspace, cfg or SummitConfig(), "summit", build_field, lambda prep, c, _m: SummitLoss(prep, c),
+                   callback=callback, progress=progress, extras=initial)
 
 
 @torch.no_grad()
