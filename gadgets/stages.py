@@ -285,7 +285,7 @@ class _Buffer:
             if keep.size == 0:
                 raise StreamError(f"stream ended early; none of its {n} lines has all {self.seq.nte} echoes")
         kept = keys[keep]
-        # canonical line order (tau, seg, kz, ky): the result does not depend on the arrival order
+        # canonical line order (tau, seg, kz, ky); the arrival order is kept in acq_order (which lines were one shot)
         order = keep[np.lexsort((kept[:, 0], kept[:, 1], kept[:, 2], kept[:, 3]))]
         data = store.gather(order)
         keys = keys[order]
@@ -295,6 +295,7 @@ class _Buffer:
             seq=self.seq,
             geometry=self.geometry,
             noise=None if self.noise is None else self.noise.data,
+            acq_order=order,  # arrival rank of every line's first echo: the scanner's time order
             meta={
                 "n_acquisitions": self.n_acq,
                 "last_flag_seen": last_flag,

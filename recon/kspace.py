@@ -9,13 +9,36 @@ docs/design.md for small problems and for tests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
 import numpy as np
 
 PrepLoopOrder = Literal["tau-outer", "shot-outer"]
 PREP_LOOP_ORDERS: tuple[str, ...] = get_args(PrepLoopOrder)
+
+
+@dataclass(frozen=True)
+class PrepGroups:
+    """Line groups of a scan whose start-up transient has not decayed (:mod:`qmapinr.recon.physics.history`).
+
+    With groups, ``SequenceParams.tau_ms`` lists one T2-prep duration per *group* and a line's ``tau`` is its
+    group: group ``g`` is either every steady-state shot of physical tau ``group_tau[g]`` (``group_shot[g] =
+    -1``, the periodic steady state) or one acquired shot ``group_shot[g]`` (an index into ``shot_tau``) whose
+    pre-preparation magnetisation is still the exact one of the scan's history.
+
+    Attributes
+    ----------
+    tau_ms : the physical T2-prep durations (ms), one per ``idx.set``.
+    group_tau : physical tau index of every group, ``(G,)``.
+    group_shot : acquired-shot index of every group, -1 for a steady-state group, ``(G,)``.
+    shot_tau : physical tau index of every acquired shot in acquisition order, up to the last transient one.
+    """
+
+    tau_ms: tuple[float, ...]
+    group_tau: tuple[int, ...]
+    group_shot: tuple[int, ...]
+    shot_tau: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -35,6 +58,8 @@ class SequenceParams:
     recovery_delay_ms : free recovery between the end of a segment and the next preparation (>= 0).
     prep_dummies : dummy preparations (segments without acquisition) before the first acquired shot
         (shot-outer) or before every tau block (tau-outer); >= 0.
+    prep_groups : None (one group per physical tau) or the transient-shot groups of
+        :func:`~qmapinr.recon.physics.history.with_shot_groups` (then ``tau_ms`` has one entry per group).
     """
 
     tr_ms: float
@@ -46,6 +71,7 @@ class SequenceParams:
     prep_loop_order: PrepLoopOrder | None = None
     recovery_delay_ms: float = 0.0
     prep_dummies: int = 0
+    prep_groups: PrepGroups | None = None
 
     def __post_init__(self) -> None:
         if self.prep_loop_order is not None and self.prep_loop_order not in PREP_LOOP_ORDERS:
@@ -61,7 +87,14 @@ class SequenceParams:
 
     @property
     def ntau(self) -> int:
+        """Number of preparation groups: the physical taus, or the groups of ``prep_groups``."""
         return len(self.tau_ms)
+
+    def physical(self) -> SequenceParams:
+        """The sequence without line groups (``tau_ms`` = the physical T2-prep durations)."""
+        if self.prep_groups is None:
+            return self
+        return replace(self, tau_ms=self.prep_groups.tau_ms, prep_groups=None)
 
 
 @dataclass(frozen=True)
@@ -106,6 +139,9 @@ class KSpace6D:
     field_strength_t : main field B0 in tesla from the header (``systemFieldStrength_T``), or None if not given
         (QSM then assumes 3 T and says so).
     meta : free-form extras of the producer (the simulator's shot counter, sample time); no contract between layers.
+    acq_order : int ``(nlines,)`` rank of every line in acquisition time (first echo's arrival), or None when
+        unknown; with ``seg`` and ``tau`` it tells which lines were one shot
+        (:func:`~qmapinr.recon.physics.history.shot_sequence`).
     """
 
     data: np.ndarray
@@ -118,10 +154,11 @@ class KSpace6D:
     noise: np.ndarray | None = None
     field_strength_t: float | None = None
     meta: dict = field(default_factory=dict)
+    acq_order: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         nc, ne, nl, nx = self.data.shape
-        for name in ("ky", "kz", "seg", "tau"):
+        for name in ("ky", "kz", "seg", "tau") + (("acq_order",) if self.acq_order is not None else ()):
             arr = getattr(self, name)
             if arr.shape != (nl,):
                 raise ValueError(f"KSpace6D.{name} has shape {arr.shape}, expected ({nl},)")
@@ -156,7 +193,7 @@ class KSpace6D:
     def acceleration(self) -> float:
         """R = ny * nz / (lines per tau), averaged over tau."""
         _, ny, nz = self.geometry.matrix
-        return ny * nz * self.seq.ntau / max(self.nlines, 1)
+        return ny * nz * self.seq.physical().ntau / max(self.nlines, 1)
 
     def dense(self) -> np.ndarray:
         """complex64 ``(coils, nte, ntau, nseg, nz, ny, nx)`` with zeros where nothing was sampled."""

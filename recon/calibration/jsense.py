@@ -81,7 +81,7 @@ def crop_kspace(kspace: KSpace6D, shape_zyx: tuple[int, int, int]) -> KSpace6D:
     return dataclasses.replace(
         kspace, data=np.ascontiguousarray(kspace.data[:, :, keep, sx]), ky=ky[keep] - sy.start,
         kz=kz[keep] - sz.start, seg=np.asarray(kspace.seg)[keep], tau=np.asarray(kspace.tau)[keep],
-        geometry=geometry)
+        acq_order=None if kspace.acq_order is None else np.asarray(kspace.acq_order)[keep], geometry=geometry)
 
 
 def _resample_block(maps: torch.Tensor, shape_zyx: tuple[int, int, int]) -> torch.Tensor:

@@ -36,6 +36,7 @@ from qmapinr.recon.calibration.jsense import refine_coil_maps
 from qmapinr.recon.config import DictionaryFitConfig
 from qmapinr.recon.kspace import KSpace6D, QuantMaps
 from qmapinr.recon.physics.dictionary import coefficients_to_maps, default_dictionary
+from qmapinr.recon.physics.history import with_shot_groups
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +264,7 @@ def bart_recon(kspace: KSpace6D, cfg: BartConfig = BartConfig(), sens: np.ndarra
     ``sens`` (``(C, nz, ny, nx)``) overrides ``cfg.coil_maps``. Phase0 is relative to the phase of the maps.
     """
     t0 = time.perf_counter()
+    kspace = with_shot_groups(kspace)  # transient shots of a short scan modelled exactly (physics.history)
     dictionary = default_dictionary(kspace.seq, cfg.t1_range_ms, cfg.n_t1, cfg.t2_range_ms, cfg.n_t2)
     basis, emax, emean = dictionary.svd_basis(cfg.rank)
     if sens is None and cfg.coil_maps == "qmapinr":

@@ -41,6 +41,7 @@ from qmapinr.recon.optim.cg import conjugate_gradient
 from qmapinr.recon.optim.power import power_iteration
 from qmapinr.recon.physics.dictionary import Dictionary, coefficients_to_maps, default_dictionary
 from qmapinr.recon.physics.fft import readout_ifft
+from qmapinr.recon.physics.history import with_shot_groups
 from qmapinr.recon.physics.sense import SenseSubspaceOp
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,7 @@ def subspace_recon(kspace: KSpace6D, cfg: SubspaceConfig = SubspaceConfig(), sen
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
+    kspace = with_shot_groups(kspace)  # transient shots of a short scan modelled exactly (physics.history)
     if cfg.virtual_coils and cfg.virtual_coils < kspace.ncoils:
         kspace, mat = coil_compress(kspace, cfg.virtual_coils)
         if sens is not None:

@@ -74,7 +74,9 @@ def segment_map(t1_ms: torch.Tensor, t2_ms: torch.Tensor, seq: SequenceParams) -
 
 
 def pre_prep_mz(t1_ms: torch.Tensor, t2_ms: torch.Tensor, seq: SequenceParams) -> torch.Tensor:
-    """Periodic-steady-state ``Mz_pre`` (units of M0) before the preparation of each tau: ``(..., ntau)``."""
+    """Periodic-steady-state ``Mz_pre`` (units of M0) before the preparation of each (physical) tau: ``(..., ntau)``."""
+    if seq.prep_groups is not None:
+        raise ValueError("pre_prep_mz needs the physical sequence (seq.physical()), not line groups")
     order = seq.prep_loop_order
     if order is None:
         ss, _ = steady_state_terms(t1_ms, seq)
@@ -98,7 +100,22 @@ def pre_prep_mz(t1_ms: torch.Tensor, t2_ms: torch.Tensor, seq: SequenceParams) -
 
 
 def prep_coefficients(t1_ms: torch.Tensor, t2_ms: torch.Tensor, seq: SequenceParams) -> torch.Tensor:
-    """``c_tau`` of ``ss [1 - c_tau q^n]`` in the periodic steady state: shape ``(..., ntau)``."""
+    """``c_tau`` of ``ss [1 - c_tau q^n]`` in the periodic steady state: shape ``(..., ntau)``.
+
+    With ``seq.prep_groups`` (:mod:`qmapinr.recon.physics.history`): one ``c`` per line group, the periodic
+    steady state of its physical tau or the exact coefficient of its transient shot.
+    """
+    groups = seq.prep_groups
+    if groups is not None:
+        phys = seq.physical()
+        c = prep_coefficients(t1_ms, t2_ms, phys)  # (..., ntau physical)
+        index = torch.as_tensor(groups.group_tau, device=t1_ms.device)
+        shots = [i for i, s in enumerate(groups.group_shot) if s >= 0]
+        if shots:
+            c = torch.cat([c, shot_coefficients(t1_ms, t2_ms, phys, np.asarray(groups.shot_tau))], -1)
+            index = torch.where(torch.as_tensor(groups.group_shot, device=t1_ms.device) >= 0,
+                                phys.ntau + torch.as_tensor(groups.group_shot, device=t1_ms.device), index)
+        return c.index_select(-1, index)
     if seq.prep_loop_order is None:
         return 1.0 - _prep_factor(t2_ms, seq)
     ss, _ = steady_state_terms(t1_ms, seq)

@@ -315,6 +315,7 @@ def simulate(cfg: SimulationConfig) -> tuple[KSpace6D, Phantom]:
         geometry=geom,
         noise=noise,
         field_strength_t=cfg.b0_t,
+        acq_order=np.argsort(np.lexsort((lines.seg, lines.shot)), kind="stable"),
         meta={
             "sigma": sigma,
             "snr": cfg.snr,

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qmapinr.recon.kspace import KSpace6D, QuantMaps
+from qmapinr.recon.kspace import KSpace6D, QuantMaps, SequenceParams
 from qmapinr.recon.losses.data_consistency import l1_complex
 from qmapinr.recon.methods.lorein.config import LoreinConfig
 from qmapinr.recon.methods.lorein.model import (
@@ -43,6 +43,7 @@ from qmapinr.recon.methods.lorein.model import (
 from qmapinr.recon.methods.progress import ProgressCallback
 from qmapinr.recon.methods.summit.solver import EpochCallback, InrRun, Prepared, SummitLoss, build_field, run_inr
 from qmapinr.recon.physics.forward import LineSubspaceOp
+from qmapinr.recon.physics.history import display_groups
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +132,18 @@ def build_lorein(prep: Prepared, cfg: LoreinConfig) -> tuple[LoreinField, dict[s
 
 
 @torch.no_grad()
-def lrr_series(model: LoreinField, n_readouts: int, scale: float, batch_x: int) -> tuple[np.ndarray, np.ndarray]:
+def lrr_series(model: LoreinField, n_readouts: int, scale: float, batch_x: int,
+               seq: SequenceParams | None = None) -> tuple[np.ndarray, np.ndarray]:
     """|x_e(tau, n)| of the LRR block at ``n_readouts`` evenly spaced readouts n per tau.
+
+    With line groups (``seq.prep_groups``, transient shots) each physical tau shows the group of
+    :func:`~qmapinr.recon.physics.history.display_groups`.
 
     Returns float32 ``(nte, ntau, n_readouts, nz, ny, nx)`` in data units and the int64 readout indices ``(n,)``.
     """
     basis = model.basis
+    if seq is not None and seq.prep_groups is not None:
+        basis = basis[torch.as_tensor(display_groups(seq), device=basis.device)]
     ntau, nseg, _ = basis.shape
     n_idx = np.unique(np.linspace(0, nseg - 1, max(1, n_readouts)).round().astype(np.int64))
     v = basis[:, torch.as_tensor(n_idx, device=basis.device)]  # (ntau, npick, K)
@@ -179,7 +186,8 @@ def lorein_recon(kspace: KSpace6D, cfg: LoreinConfig | None = None,
     def extras(run: InrRun, c: LoreinConfig, out: QuantMaps) -> None:
         if c.lrr_output:
             out.info["lrr_series"], out.info["lrr_readouts"] = lrr_series(run.model, c.lrr_output_readouts,
-                                                                          run.prep.scale, c.batch_x)
+                                                                          run.prep.scale, c.batch_x,
+                                                                          run.prep.kspace.seq)
         out.info.update({"lorein_terms": run.loss.terms, **basis_info})
 
     return run_inr(kspace, cfg, "lorein", make_model, LoreinLoss, field=lambda model: model.pmr,

@@ -36,6 +36,7 @@ from qmapinr.recon.methods.validate import check_loss, check_maps, check_support
 from qmapinr.recon.physics.dictionary import default_dictionary
 from qmapinr.recon.physics.fft import readout_ifft
 from qmapinr.recon.physics.forward import ExactForward, LineSubspaceOp, StructuredForward
+from qmapinr.recon.physics.history import with_shot_groups
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,9 @@ class _Timer:
         self.totals[name] = self.totals.get(name, 0.0) + now - self._t
         self._t = now
 
+
+GAIN_MIN_CORRELATION = 0.2
+"""Below this correlation of the initial model with the data the amplitude gain is an energy ratio."""
 
 WNNM_GROUPS = (("lambda_a", ("A",)), ("lambda_t1_phase", ("T1", "B0")), ("lambda_t2", ("T2", "T2star")))
 """SUMMIT's three jointly regularised groups: A; T1 + phase (the B0 map); T2 + T2*."""
@@ -136,23 +140,36 @@ def map_noise_levels(init: dict[str, torch.Tensor], mask: torch.Tensor, rel_nois
 
 
 @torch.no_grad()
-def _amplitude_gain(model: SummitField, fwd, hybrid: torch.Tensor, batch_x: int, max_x: int = 16) -> float:
+def _amplitude_gain(model: SummitField, fwd, hybrid: torch.Tensor, batch_x: int, max_x: int = 16,
+                    min_correlation: float = GAIN_MIN_CORRELATION) -> float:
     """Real least-squares gain ``g = Re<F(m), y> / ||F(m)||^2`` of the initial model against the data.
 
     The low-resolution initial A is biased low where the k-space centre is under-determined; A enters the
     model linearly, so one global gain removes that bias before the first step. The gain is one scalar, so it
     is estimated on at most ``max_x`` evenly spaced readout positions (all of them when ``nx <= max_x``): a
     fixed cost instead of a full pass of the forward model over the volume.
+
+    When the initial model hardly explains the data (correlation ``Re<F(m), y> / (||F(m)|| ||y||)`` below
+    ``min_correlation``, e.g. a wrong initial phase), the least-squares gain is near 0 or negative and would
+    crush A (and with it every gradient); the energy ratio ``||y|| / ||F(m)||`` is used instead (logged).
     """
     nx = hybrid.shape[0]
     xs = torch.linspace(0, nx - 1, min(nx, max_x)).round().long().unique().to(hybrid.device)
-    num = den = 0.0
+    num = den = yy = 0.0
     for xb in xs.split(batch_x):
         maps, coil = model(xb)
         pred = fwd(maps, coil)
         num += float(torch.vdot(pred.flatten(), hybrid[xb].flatten()).real)
         den += float(pred.abs().pow(2).sum())
-    return num / den if den > 0 else 1.0
+        yy += float(hybrid[xb].abs().pow(2).sum())
+    if den <= 0:
+        return 1.0
+    rho = num / math.sqrt(den * yy) if yy > 0 else 0.0
+    if rho < min_correlation:
+        log.warning("init: the initial model explains the data poorly (correlation %.2g < %g): amplitude set by "
+                    "the energy ratio instead of least squares", rho, min_correlation)
+        return math.sqrt(yy / den)
+    return num / den
 
 
 def estimate_sensitivities(kspace: KSpace6D, cfg: SummitConfig) -> torch.Tensor:
@@ -398,6 +415,7 @@ def run_inr(kspace: KSpace6D, cfg: SummitConfig, method: str,
     ``extras(run, cfg, out)`` adds method-specific outputs to ``out.info`` before the total time is taken.
     """
     cfg, warnings = validate(cfg, kspace)  # before any work; idempotent
+    kspace = with_shot_groups(kspace)  # transient shots of a short scan modelled exactly (physics.history)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

@@ -27,9 +27,11 @@ def tiny_kspace():
 
 def test_joint_fit_lowers_the_lrr_and_the_pmr_losses(tiny_kspace):
     ks, _ = tiny_kspace
-    out = lorein_recon(ks, dataclasses.replace(TINY, lrr_output=True, lrr_output_readouts=2))
+    # 12 epochs: with the exact per-shot history (16 transient shots of 8 readouts) the first epochs start closer
+    # to the data and both losses fall slowly before they fall fast
+    out = lorein_recon(ks, dataclasses.replace(TINY, epochs=12, lrr_output=True, lrr_output_readouts=2))
     terms = out.info["lorein_terms"]
-    assert len(terms) == TINY.epochs
+    assert len(terms) == 12
     assert terms[-1]["lrr_dc"] < 0.99 * terms[0]["lrr_dc"], terms
     assert terms[-1]["pmr_dc"] < 0.995 * terms[0]["pmr_dc"], terms
     assert all(np.isfinite(v).all() for v in out.maps.values())
