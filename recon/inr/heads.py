@@ -178,16 +178,11 @@ class ParameterHeads(nn.Module):
             raise ValueError(f"mag_prior keys must be among {MAG_PARAMS}, got {sorted(mag_prior)}")
         for i, name in enumerate(MAG_PARAMS):
             raw = self.mag[name](features).squeeze(-1)
-            import os
-            raw = raw * float(os.environ.get("HS_" + name, "1"))
             log0 = torch.log(mag_prior[name]) if name in mag_prior else self._log_init[i]
             u = raw + log0
             r = self.ranges[name]
             if r is not None:
-                import os
-                hi = float(os.environ.get("HI_" + name, r[1]))
-                c = soft_clamp_log(u, r[0], hi, self.clamp_sharpness)
-                u = c.detach() + (u - u.detach()) if os.environ.get("STE") else c
+                u = soft_clamp_log(u, r[0], r[1], self.clamp_sharpness)
             out[name] = torch.exp(u)
         raw = self.phase(features if phase_features is None else phase_features)
         phase0 = self.phase0_scale * raw[:, 0]
