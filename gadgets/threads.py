@@ -48,6 +48,7 @@ class ThreadChoice:
 
     threads: int
     reason: str
+    automatic: bool = False  # chosen from the CPUs (not set by a property or the environment)
 
 
 def _read(path: Path) -> str | None:
@@ -174,7 +175,7 @@ def choose_threads(requested: int = 0, sessions: int | None = None, environ: Map
     count, what = cpus if cpus is not None else usable_cpus()
     threads = max(1, count // sessions)
     share = f" shared by {sessions} concurrent sessions" if sessions > 1 else ""
-    return ThreadChoice(threads, f"automatic: {what}{share}")
+    return ThreadChoice(threads, f"automatic: {what}{share}", automatic=True)
 
 
 def session_config(cfg, chain: str = "chain"):
@@ -183,7 +184,11 @@ def session_config(cfg, chain: str = "chain"):
         return cfg
     choice = choose_threads(cfg.threads)
     wait = ", ".join(f"{k}={os.environ[k]}" for k in _WAIT_VARIABLES if k in os.environ) or "OpenMP defaults"
-    log.info("%s: %d intra-op thread(s) (%s; %s)", chain, choice.threads, choice.reason, wait)
+    adaptive = bool(getattr(cfg, "adaptive_threads", False)) and choice.automatic and choice.threads > 1
+    log.info("%s: %d intra-op thread(s) (%s; %s)%s", chain, choice.threads, choice.reason, wait,
+             "; fewer while fewer measure faster (adaptive_threads)" if adaptive else "")
+    if hasattr(cfg, "adaptive_threads"):
+        return dataclasses.replace(cfg, threads=choice.threads, adaptive_threads=adaptive)
     return dataclasses.replace(cfg, threads=choice.threads)
 
 

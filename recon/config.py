@@ -121,6 +121,9 @@ class SummitConfig:
     seed: int = 0
     device: DeviceName = "auto"  # "auto" (cuda if available), "cpu", "cuda"
     threads: int = 0  # torch CPU threads (0 = torch default)
+    # with more than one thread, pick 1 .. threads per measured batch times (recon/methods/threadtune.py); the chain
+    # turns it off when the thread count was set explicitly (threads property or environment)
+    adaptive_threads: bool = True
 
 
 def literal_values(tp: typing.Any) -> tuple | None:

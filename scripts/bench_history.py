@@ -92,6 +92,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-calib", action="store_true", help="pure variable-density sampling (no 3x3 centre)")
+    ap.add_argument("--models", default="history,closed form", help="signal models to fit (history, closed form)")
     ap.add_argument("--crb-only", action="store_true", help="print only the per-voxel Cramer-Rao table")
     a = ap.parse_args()
     if a.crb_only:
@@ -119,6 +120,8 @@ def main() -> None:
                                                                          recovery_delay_ms=0.0, prep_dummies=0))
                 for method in a.methods.split(","):
                     for model, data in (("history", ks), ("closed form", closed)):
+                        if model not in a.models.split(","):
+                            continue
                         res = run_method(method, data, phantom, case, scfg)
                         print(_row(res, phantom, model, case), flush=True)
     print(f"\npreset {a.preset}, {a.epochs} epochs, {a.threads} thread(s), {a.coils} coils, seed {a.seed}, "

@@ -63,23 +63,32 @@ class _Done(Exception):
     pass
 
 
-def _run_fit(prep, model, threads: int, seconds: float | None, max_batches: int | None) -> tuple[float, int]:
-    """Run the shared training loop with ``threads``; (s/epoch from the mean batch time, batches timed)."""
+def _run_fit(prep, model, threads: int, seconds: float | None, max_batches: int | None,
+             adaptive: bool = False) -> tuple[float, int]:
+    """Run the shared training loop with ``threads``; (s/epoch from the mean batch time, batches timed).
+
+    ``adaptive``: the default policy's :class:`~qmapinr.recon.methods.threadtune.ThreadTuner` picks 1..threads;
+    its first measuring round (``len(candidates) * (1 + trials)`` batches, repeated every ``period`` batches in
+    a real run, i.e. ~6 % of the batches) is not timed, so the cell shows the count it settles on.
+    """
     import torch
 
     from qmapinr.recon.methods.summit.solver import SummitLoss, fit
+    from qmapinr.recon.methods.threadtune import ThreadTuner
 
-    cfg = dataclasses.replace(_bench_cfg(), epochs=10**9)
+    cfg = dataclasses.replace(_bench_cfg(), epochs=10**9, threads=threads, adaptive_threads=adaptive)
     torch.set_num_threads(threads)
     loss = SummitLoss(prep, cfg)
     stamps: list[float] = []
-    first = 1  # the first batch is a warm-up, unless it alone filled the budget (a pathological cell): then timed
+    probe = ThreadTuner(threads, torch.device("cpu"), enabled=adaptive)
+    skip = len(probe.candidates) * (1 + probe.trials) if probe.active else 0
+    first = 1 + skip  # warm-up batch(es), unless the first alone filled the budget (a pathological cell): timed
 
     def timed(model, xb, epoch, timer):
         nonlocal first
         stamps.append(time.perf_counter())
-        if seconds is not None and len(stamps) >= 2:
-            first = 0 if stamps[1] - stamps[0] >= seconds else 1
+        if seconds is not None and len(stamps) >= 2 + skip:
+            first = skip if stamps[skip + 1] - stamps[skip] >= seconds else skip + 1
             n = len(stamps) - 1 - first
             if n >= 1 and (stamps[-1] - stamps[first] >= seconds or n >= max_batches):
                 raise _Done
@@ -106,7 +115,7 @@ def worker(path: str) -> None:
     for line in sys.stdin:
         threads, seconds = line.split()
         n = choose_threads(0, sessions=1).threads if threads == "default" else int(threads)
-        s, batches = _run_fit(prep, model, n, float(seconds), 2 * per_epoch)
+        s, batches = _run_fit(prep, model, n, float(seconds), 2 * per_epoch, adaptive=threads == "default")
         print(json.dumps({"threads": n, "s_per_epoch": s, "batches": batches}), flush=True)
 
 
@@ -118,7 +127,7 @@ def load_recon(path: str) -> None:
 
     prep, model = _load(path)
     print("ready", flush=True)
-    _run_fit(prep, model, choose_threads(0, sessions=1).threads, None, None)
+    _run_fit(prep, model, choose_threads(0, sessions=1).threads, None, None, adaptive=True)
 
 
 # ---------------------------------------------------------------- parent

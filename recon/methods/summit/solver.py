@@ -32,6 +32,7 @@ from qmapinr.recon.methods.budget import batch_size, dims_from_kspace
 from qmapinr.recon.methods.progress import Progress, ProgressCallback
 from qmapinr.recon.methods.summit.initial import InitialMaps, initial_maps
 from qmapinr.recon.methods.summit.model import SummitField
+from qmapinr.recon.methods.threadtune import ThreadTuner
 from qmapinr.recon.methods.validate import check_loss, check_maps, check_support, validate
 from qmapinr.recon.physics.dictionary import default_dictionary
 from qmapinr.recon.physics.fft import readout_ifft
@@ -294,6 +295,7 @@ def fit(model: nn.Module, loss_fn: BatchLoss, nx: int, cfg: SummitConfig, device
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
     gen = torch.Generator().manual_seed(cfg.seed)
     timer = _Timer(device, sync=time_stages)
+    tuner = ThreadTuner(cfg.threads, device, enabled=cfg.adaptive_threads)
     history: list[float] = []
     t_loop = time.perf_counter()
     excluded = 0.0
@@ -304,11 +306,13 @@ def fit(model: nn.Module, loss_fn: BatchLoss, nx: int, cfg: SummitConfig, device
         loss_sum = torch.zeros((), device=device)
         for xb in order.split(bx):
             timer.mark("other")
+            tuner.start()
             loss, dc = loss_fn(model, xb, epoch, timer)
             loss_sum = loss_sum + loss.detach()  # NaN/Inf propagate; checked once per epoch (no host sync here)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            tuner.stop(len(xb))
             timer.mark("backward_step")
             dc_sum = dc_sum + dc.detach() * (len(xb) / nx)
         epoch_dc = float(dc_sum)  # the one host sync of the epoch
@@ -332,6 +336,8 @@ def fit(model: nn.Module, loss_fn: BatchLoss, nx: int, cfg: SummitConfig, device
                 break
     timings = {f"{k}_s": v for k, v in timer.totals.items()}
     timings["epochs_run"] = len(history)
+    if tuner.active:
+        timings["threads_final"] = tuner.best
     timings["loop_s"] = time.perf_counter() - t_loop - excluded
     timings["callback_s"] = excluded
     return FitResult(history, timings)
