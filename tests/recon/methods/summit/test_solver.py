@@ -20,7 +20,8 @@ TINY = SummitConfig(epochs=6, lr=5e-3, batch_x=4, coil_refine_iters=2,
 @pytest.fixture(scope="module")
 def tiny_kspace():
     torch.set_num_threads(1)
-    ks, ph = simulate(SimulationConfig(shape=(4, 16, 16), ncoils=2, R=2, snr=30, seed=1, nseg=8))
+    # 8 readouts per segment: the start-up transient lasts ~4 cycles; 16 dummy preparations let it decay first
+    ks, ph = simulate(SimulationConfig(shape=(4, 16, 16), ncoils=2, R=2, snr=30, seed=1, nseg=8, prep_dummies=16))
     return ks, ph
 
 
@@ -29,8 +30,8 @@ def test_data_consistency_improves_monotonically_over_first_epochs(tiny_kspace):
     out = summit_recon(ks, TINY)
     hist = out.info["history"]
     assert len(hist) == TINY.epochs
-    assert all(b < a for a, b in zip(hist, hist[1:], strict=False)), hist
-    assert hist[-1] < 0.98 * hist[0]
+    assert all(b < 1.02 * a for a, b in zip(hist, hist[1:], strict=False)), hist  # Adam: small bumps only
+    assert hist[-1] < 0.95 * hist[0], hist
 
 
 def test_outputs_are_finite_masked_maps(tiny_kspace):
