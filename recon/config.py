@@ -117,6 +117,9 @@ class SummitConfig:
     # phase; T1 and T2 start flat at their in-mask medians) or "flat" (only the phase per voxel)
     init: InitMode = "echo"
     coarse_to_fine_epochs: int = 0  # >0: one more hash level switched on every this many epochs
+    # the T2* head stays at its data-driven prior (the echo fit) for this many epochs while T1/T2 contrast is learnt:
+    # before, shared-feature drift pushed T2* towards its 3000 ms bound in the first epochs (summit/model.py)
+    t2star_hold_epochs: int = 10
     plateau_rel: float = 0.0  # stop when the epoch DC loss improves by less than this fraction (0 = off)
     seed: int = 0
     device: DeviceName = "auto"  # "auto" (cuda if available), "cpu", "cuda"

@@ -93,7 +93,18 @@ class SummitField(nn.Module):
             self.log_prior[..., MAG_PARAMS.index("A")] += float(torch.log(torch.tensor(gain)))
 
     def set_epoch(self, epoch: int) -> None:
-        """Coarse-to-fine hook (all levels active unless the config asks otherwise)."""
+        """Coarse-to-fine hook (all levels active unless the config asks otherwise) and the T2* hold.
+
+        T2* hold: for the first ``cfg.t2star_hold_epochs`` epochs the T2* head takes no steps, so T2* stays at
+        its prior from the echo fit of the low-resolution image, which is within ~10 % on the phantoms, while the
+        T1/T2 contrast (which starts flat) is learnt. Without it the first epochs moved T2* by up to 4 log units
+        in 2-3 epochs towards its 3000 ms bound -- through the hash-grid features the heads share and through
+        its own consistent-sign gradient while the recovery curves were still wrong -- and where the soft clamp
+        saturates its gradient vanishes: 3 of 5 seeded x orders ended there on the demo (docs/benchmarks/history.md).
+        """
+        hold = epoch < getattr(self.cfg, "t2star_hold_epochs", 0)
+        for p in self.maps.heads.mag["T2star"].parameters():
+            p.requires_grad_(not hold)
         n_levels = self.cfg.map_grid.n_levels
         per = getattr(self.cfg, "coarse_to_fine_epochs", 0)
         if per > 0:
