@@ -1,8 +1,11 @@
 """Benchmark: SUMMIT vs LoREIN vs the subspace baseline over the acceleration R (docs/benchmarks/lorein.md).
 
-Per R one simulated brain phantom (the project's current simulator, ``qmapinr.recon.sim.simulate``) is
+Per R one simulated brain phantom (``qmapinr.recon.sim.simulate``: history-exact, ``prep_loop_order='shot-outer'``,
+and calibration-free, ``calib=(0, 0)``, unless ``--calib`` asks for the 3x3 fully sampled centre) is
 reconstructed by every method; NRMSE of T1/T2/T2*/A over WM+GM ("encoded tissue", docs/design.md) and over the whole
-mask, wall time (s) and peak RSS above the start (MB) are printed as a markdown table and written as JSON.
+mask, wall time (s) and peak RSS above the start (MB) are printed as a markdown table and written as JSON (with the
+1-minute load average at the end of each run, ``load1``: the machine is shared). Every solver runs with
+``threads=--threads`` (default 1).
 
     PYTHONPATH=src python scripts/bench_lorein.py --R 4 8 16 32 48 --out /tmp/bench_lorein.json
     PYTHONPATH=src python scripts/bench_lorein.py --R 16 --methods lorein -p lorein:cons_grad=pmr
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 
 import torch
@@ -50,6 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shape", type=int, nargs=3, default=[8, 32, 32], metavar=("NZ", "NY", "NX"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-calib", dest="calib", action="store_false", default=False,
+                   help="calibration-free sampling, calib=(0, 0) (the default)")
+    p.add_argument("--calib", dest="calib", action="store_true", help="3x3 fully sampled calibration centre")
     p.add_argument("--out", default=None, help="JSON file of all rows")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -59,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     print("| R | method | " + " | ".join(f"{n} WM+GM" for n in SCORED) + " | T1 mask | T2 mask | wall s | peak MB |")
     print("|---" * (6 + len(SCORED)) + "|")
     for r in args.R:
-        kspace, phantom = simulate(SimulationConfig(shape=tuple(args.shape), R=r, snr=args.snr, seed=args.seed))
+        kspace, phantom = simulate(SimulationConfig(shape=tuple(args.shape), R=r, snr=args.snr, seed=args.seed,
+                                                    calib=(3, 3) if args.calib else (0, 0)))
         for name, (method, props) in rows.items():
             m = get_method(method)
             fields = {"threads": str(args.threads)} if "threads" in m.config.__dataclass_fields__ else {}
@@ -70,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
             seconds = time.perf_counter() - t0
             mask = phantom.mask & maps.mask
             s = score(maps.maps, phantom.maps, phantom.labels, phantom.label_names, mask)
-            row = {"R": r, "R_effective": kspace.acceleration, "method": name, "properties": props,
+            row = {"R": r, "calib": args.calib, "load1": os.getloadavg()[0],
+                   "R_effective": kspace.acceleration, "method": name, "properties": props,
                    "nrmse_wmgm": s.nrmse_wmgm, "nrmse_mask": s.nrmse_mask, "bias": s.bias, "seconds": seconds,
                    "peak_mb": mem.peak_mb}
             results.append(row)
