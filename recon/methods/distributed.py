@@ -110,10 +110,13 @@ class XSlabParallel:
         self.comm_device = torch.device("cuda", torch.cuda.current_device()) \
             if dist.get_backend(group) == "nccl" else torch.device("cpu")
         self.bytes_sent = 0  # payload of the collectives (bytes, this rank)
+        self.comm_s = 0.0  # wall time inside the collectives, waiting for the other ranks included (s)
 
     def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
         out = t.to(self.comm_device)
         dist.all_reduce(out, group=self.group)
+        self.comm_s += time.perf_counter() - t0
         self.bytes_sent += out.numel() * out.element_size()
         return out.to(t.device)
 
@@ -183,11 +186,13 @@ def distributed_recon(kspace: KSpace6D, cfg: SummitConfig, batching: str = "bala
     """:func:`summit_recon` as one rank of the initialised default process group.
 
     Every rank passes the same ``kspace`` and ``cfg``; every rank returns the same maps. Returns the maps and this
-    rank's ``{"rank", "world", "x_slab", "bytes_sent"}`` (collective payload in bytes).
+    rank's ``{"rank", "world", "x_slab", "bytes_sent", "comm_s"}`` (collective payload in bytes, seconds in the
+    collectives).
     """
     par = XSlabParallel(kspace.geometry.matrix[0], batching)
     out = summit_recon(kspace, cfg, parallel=par)
-    return out, {"rank": par.rank, "world": par.world, "x_slab": [par.x0, par.x1], "bytes_sent": par.bytes_sent}
+    return out, {"rank": par.rank, "world": par.world, "x_slab": [par.x0, par.x1], "bytes_sent": par.bytes_sent,
+                 "comm_s": par.comm_s}
 
 
 def _free_port() -> int:
@@ -201,9 +206,9 @@ def _worker(rank: int, world: int, port: int, kspace: KSpace6D, cfg: SummitConfi
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         for i, batching in enumerate(modes):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out, info = distributed_recon(kspace, cfg, batching)
-            info["wall_s"] = time.perf_counter() - t0
+            info["wall_s"], info["cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
             info["timings"] = out.info["timings"]
             if rank == 0:
                 np.savez(Path(out_dir) / f"maps{i}.npz", mask=out.mask, **out.maps)
@@ -218,7 +223,8 @@ def spawn_recons(kspace: KSpace6D, cfg: SummitConfig, nproc: int = 2, modes: tup
     in ``modes``, in one process group (the workers start once).
 
     Per mode: rank 0's maps (name -> float32 ``(nz, ny, nx)``, plus ``mask``) and every rank's info dict
-    (:func:`distributed_recon`, with ``wall_s`` and the solver ``timings``). Set ``cfg.threads`` (e.g. 1).
+    (:func:`distributed_recon`, with ``wall_s``, ``cpu_s`` (this process's CPU seconds) and the solver
+    ``timings``). Set ``cfg.threads`` (e.g. 1).
     """
     with tempfile.TemporaryDirectory() as tmp:
         torch.multiprocessing.spawn(_worker, args=(nproc, _free_port(), kspace, cfg, tuple(modes), tmp),
@@ -252,26 +258,30 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batching", choices=BATCHING, default="balanced")
     ap.add_argument("-p", action="append", default=[], metavar="KEY=VALUE", help="SummitConfig field")
     args = ap.parse_args(argv)
+    # spawned workers import torch afresh and inherit this (no busy-waiting OpenMP threads on shared cores,
+    # gadgets/threads.py); this process imported torch already, so export it to cover the --nproc 1 run too
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     props = dict(kv.split("=", 1) for kv in args.p)
     props.setdefault("threads", "1")
     cfg = from_properties(SummitConfig, props)
     kspace, _ = simulate(SimulationConfig(shape=tuple(int(v) for v in args.shape.split(",")), ncoils=args.coils,
                                           R=args.R, snr=30.0, seed=0, phantom="brain", preset="demo", nseg=None))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if "WORLD_SIZE" in os.environ:  # torchrun: this process is one rank
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))  # "auto" then means this GPU
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        _, info = distributed_recon(kspace, cfg, args.batching)
+        out, info = distributed_recon(kspace, cfg, args.batching)
+        info.update(timings=out.info["timings"], cpu_s=time.process_time() - c0)
         dist.destroy_process_group()
         infos = [info]
     elif args.nproc == 1:
         out = summit_recon(kspace, cfg)
-        infos = [{"rank": 0, "world": 1, "timings": out.info["timings"]}]
+        infos = [{"rank": 0, "world": 1, "timings": out.info["timings"], "cpu_s": time.process_time() - c0}]
     else:
         _, infos = spawn_recon(kspace, cfg, args.nproc, args.batching)
     print(json.dumps({"wall_s": round(time.perf_counter() - t0, 2), "ranks": [
-        {k: info.get(k) for k in ("rank", "world", "x_slab", "bytes_sent")}
+        {k: info.get(k) for k in ("rank", "world", "x_slab", "bytes_sent", "comm_s", "cpu_s")}
         | {"loop_s": round(info["timings"]["loop_s"], 2), "total_s": round(info["timings"]["total_s"], 2)}
         for info in infos]}))
 
