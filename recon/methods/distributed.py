@@ -61,12 +61,14 @@ def rank_batches(order: torch.Tensor, bx: int, x0: int, x1: int, batching: str =
 
     ``"global"``: the owned part of each single-process batch ``order.split(bx)``; ``"balanced"``: the owned
     positions in epoch order, split into ``ceil(nx / bx)`` near-equal steps. Every rank gets the same number of
-    steps; a step may be empty.
+    steps; a step may be empty. Computed on the CPU (on CUDA one copy of ``order`` per epoch, no sync per step),
+    the batches returned on ``order``'s device.
     """
+    dev, order = order.device, order.cpu()
     if batching == "global":
-        return [b[(b >= x0) & (b < x1)] for b in order.split(bx)]
+        return [b[(b >= x0) & (b < x1)].to(dev) for b in order.split(bx)]
     if batching == "balanced":
-        return list(order[(order >= x0) & (order < x1)].tensor_split(math.ceil(len(order) / bx)))
+        return [b.to(dev) for b in order[(order >= x0) & (order < x1)].tensor_split(math.ceil(len(order) / bx))]
     raise ValueError(f"batching must be one of {BATCHING}, got {batching!r}")
 
 
