@@ -111,13 +111,16 @@ class SummitField(nn.Module):
             self.maps.set_active_levels(min(n_levels, 1 + epoch // per))
 
     @torch.no_grad()
-    def batches(self, batch_x: int) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]]:
+    def batches(self, batch_x: int, xs: torch.Tensor | None = None
+                ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]]:
         """The one batched evaluation of the whole field: yields ``(xb, maps, coil)`` per batch of x positions.
 
         ``xb`` int64 ``(bx,)`` on the field's device; maps name -> ``(bx, nz, ny)``; coil ``(bx, C, nz, ny)``.
+        ``xs``: int64 readout positions to evaluate (default all, in order; a distributed rank passes its own).
         """
         nx = self.coords.shape[0]
-        for xb in torch.arange(nx, device=self.coords.device).split(batch_x):
+        xs = torch.arange(nx) if xs is None else xs
+        for xb in xs.to(self.coords.device).split(batch_x):
             maps, coil = self(xb)
             yield xb, maps, coil
 

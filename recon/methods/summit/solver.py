@@ -13,8 +13,9 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -232,6 +233,31 @@ class FitResult:
     timings: dict[str, float]
 
 
+class DataParallel(Protocol):
+    """The hook a data-parallel run over readout slabs plugs into :func:`run_inr`, :func:`fit` and
+    :func:`final_maps` (:class:`qmapinr.recon.methods.distributed.XSlabParallel`; None = one process, unchanged).
+
+    ``owned``: int64 ``(n_own,)`` readout positions whose data this rank holds.
+    """
+
+    owned: torch.Tensor
+
+    def shard(self, run: InrRun, cfg: SummitConfig) -> None:
+        """After the model and loss are built: keep only the owned x-slab of ``run.prep.hybrid`` (in place)."""
+
+    def batches(self, order: torch.Tensor, bx: int) -> Iterable[torch.Tensor]:
+        """This rank's part of every step of the epoch ``order``; the same number of steps on every rank."""
+
+    def sync_grads(self, model: nn.Module, n_local: int) -> None:
+        """After backward: every rank's grads become the batch-size weighted mean over all ranks."""
+
+    def reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum of ``t`` over the ranks."""
+
+    def reduce_volumes(self, vols: dict[str, torch.Tensor]) -> None:
+        """Sum every ``(nz, ny, nx)`` volume over the ranks in place (each rank filled its own x)."""
+
+
 BatchLoss = Callable[[nn.Module, torch.Tensor, int, "_Timer"], tuple[torch.Tensor, torch.Tensor]]
 """``loss_fn(model, xb, epoch, timer) -> (loss, data_consistency)`` for one batch of readout positions ``xb``
 (``timer.mark(stage)`` attributes time to the loss's own stages)."""
@@ -281,7 +307,8 @@ def prepare(kspace: KSpace6D, cfg: SummitConfig) -> Prepared:
 
 def fit(model: nn.Module, loss_fn: BatchLoss, nx: int, cfg: SummitConfig, device: torch.device,
         callback: EpochCallback | None = None, progress: ProgressCallback | None = None,
-        time_stages: bool = False, batch_x: int | None = None) -> FitResult:
+        time_stages: bool = False, batch_x: int | None = None, parallel: DataParallel | None = None
+        ) -> FitResult:
     """The training loop every INR method shares: seeded x-batch order, Adam + step decay, plateau stop.
 
     ``model.param_groups(lr, coil_lr_scale)`` gives the Adam groups and ``model.set_epoch(epoch)`` is called at
@@ -289,6 +316,8 @@ def fit(model: nn.Module, loss_fn: BatchLoss, nx: int, cfg: SummitConfig, device
     The epoch loss is accumulated on the device and read once per epoch (no host sync per batch); per-stage
     times on CUDA only with ``time_stages``. ``progress`` gets a :class:`Progress` after every epoch (epoch,
     loss, ETA). ``batch_x`` overrides ``cfg.batch_x`` (e.g. the budget-capped :func:`resolve_batch_x`).
+    ``parallel``: one rank of a data-parallel run (its batches, a gradient all-reduce per step, epoch sums over
+    the ranks); a rank may own no x of a step.
     """
     bx = batch_x or cfg.batch_x
     opt = torch.optim.Adam(model.param_groups(cfg.lr, cfg.coil_lr_scale), lr=cfg.lr, fused=True)
@@ -304,17 +333,22 @@ def fit(model: nn.Module, loss_fn: BatchLoss, nx: int, cfg: SummitConfig, device
         order = torch.randperm(nx, generator=gen).to(device)  # one copy per epoch, batches are views
         dc_sum = torch.zeros((), device=device)
         loss_sum = torch.zeros((), device=device)
-        for xb in order.split(bx):
+        for xb in order.split(bx) if parallel is None else parallel.batches(order, bx):
             timer.mark("other")
             tuner.start()
-            loss, dc = loss_fn(model, xb, epoch, timer)
-            loss_sum = loss_sum + loss.detach()  # NaN/Inf propagate; checked once per epoch (no host sync here)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if len(xb):  # always in one process
+                loss, dc = loss_fn(model, xb, epoch, timer)
+                loss_sum = loss_sum + loss.detach()  # NaN/Inf propagate; checked once per epoch (no host sync here)
+                loss.backward()
+                dc_sum = dc_sum + dc.detach() * (len(xb) / nx)
+            if parallel is not None:
+                parallel.sync_grads(model, len(xb))  # the step's one collective
             opt.step()
             tuner.stop(len(xb))
             timer.mark("backward_step")
-            dc_sum = dc_sum + dc.detach() * (len(xb) / nx)
+        if parallel is not None:
+            dc_sum, loss_sum = parallel.reduce(torch.stack([dc_sum, loss_sum]))
         epoch_dc = float(dc_sum)  # the one host sync of the epoch
         check_loss(float(loss_sum), epoch)
         sched.step()
@@ -414,11 +448,13 @@ def run_inr(kspace: KSpace6D, cfg: SummitConfig, method: str,
             make_loss: Callable[[Prepared, SummitConfig, nn.Module], BatchLoss],
             field: Callable[[nn.Module], SummitField] = lambda model: model,
             callback: EpochCallback | None = None, progress: ProgressCallback | None = None,
-            extras: Callable[[InrRun, SummitConfig, QuantMaps], None] | None = None) -> QuantMaps:
+            extras: Callable[[InrRun, SummitConfig, QuantMaps], None] | None = None,
+            parallel: DataParallel | None = None) -> QuantMaps:
     """The run every INR method shares: validate, prepare, check the support, cap the batch by the memory
     budget, build the model and its loss, :func:`fit`, evaluate the maps of ``field(model)``, check them.
 
     ``extras(run, cfg, out)`` adds method-specific outputs to ``out.info`` before the total time is taken.
+    ``parallel``: this process is one rank of a data-parallel run (:class:`DataParallel`; prepare is replicated).
     """
     cfg, warnings = validate(cfg, kspace)  # before any work; idempotent
     kspace = with_shot_groups(kspace)  # transient shots of a short scan modelled exactly (physics.history)
@@ -433,11 +469,15 @@ def run_inr(kspace: KSpace6D, cfg: SummitConfig, method: str,
     cfg = dataclasses.replace(cfg, batch_x=resolve_batch_x(prep.kspace, cfg))
     model = make_model(prep, cfg)
     loss = make_loss(prep, cfg, model)
+    if parallel is not None:
+        parallel.shard(InrRun(prep, model, loss), cfg)
     report(Progress("fit", time.perf_counter() - t_start, 0, cfg.epochs))
-    result = fit(model, loss, prep.kspace.geometry.matrix[0], cfg, prep.device, callback, progress)
+    result = fit(model, loss, prep.kspace.geometry.matrix[0], cfg, prep.device, callback, progress,
+                 parallel=parallel)
     timings = dict(prep.timings, **result.timings)
     report(Progress("maps", time.perf_counter() - t_start - timings["callback_s"]))
-    out = final_maps(field(model), prep.hybrid, prep.fwd, prep.kspace, prep.mask, prep.scale, cfg.batch_x)
+    out = final_maps(field(model), prep.hybrid, prep.fwd, prep.kspace, prep.mask, prep.scale, cfg.batch_x,
+                     parallel)
     if extras is not None:
         extras(InrRun(prep, model, loss), cfg, out)
     timings["total_s"] = time.perf_counter() - t_start - timings.pop("callback_s")
@@ -449,7 +489,8 @@ def run_inr(kspace: KSpace6D, cfg: SummitConfig, method: str,
 
 
 def summit_recon(kspace: KSpace6D, cfg: SummitConfig | None = None,
-                 callback: EpochCallback | None = None, progress: ProgressCallback | None = None) -> QuantMaps:
+                 callback: EpochCallback | None = None, progress: ProgressCallback | None = None,
+                 parallel: DataParallel | None = None) -> QuantMaps:
     """Reconstruct A, T1, T2, T2*, B0, Phase0 and a residual map with the SUMMIT INR: prepare, fit, evaluate.
 
     Parameters
@@ -458,6 +499,8 @@ def summit_recon(kspace: KSpace6D, cfg: SummitConfig | None = None,
     cfg : typed settings (defaults CPU-sized; see :class:`~qmapinr.recon.config.SummitConfig`).
     callback : called after every epoch as ``callback(epoch, seconds_so_far, model)`` (benchmarks use it to
         record convergence curves; its own time is excluded from the timings).
+    parallel : this process is one rank of a data-parallel run over x-slabs
+        (:func:`qmapinr.recon.methods.distributed.distributed_recon`); None = one process.
     progress : receives :class:`~qmapinr.recon.methods.progress.Progress` reports (stage changes, every epoch).
 
     Returns
@@ -477,13 +520,16 @@ def summit_recon(kspace: KSpace6D, cfg: SummitConfig | None = None,
         out.info["init"] = {k: v.numpy() for k, v in run.prep.init.maps.items()}
 
     return run_inr(kspace, cfg or SummitConfig(), "summit", build_field, lambda prep, c, _m: SummitLoss(prep, c),
-                   callback=callback, progress=progress, extras=initial)
+                   callback=callback, progress=progress, extras=initial, parallel=parallel)
 
 
 @torch.no_grad()
 def final_maps(model: SummitField, hybrid: torch.Tensor, fwd, kspace: KSpace6D, mask: torch.Tensor,
-               scale: float, batch_x: int) -> QuantMaps:
-    """Evaluate the INR on every voxel; Residual = coil-combined zero-filled image of the line residual."""
+               scale: float, batch_x: int, parallel: DataParallel | None = None) -> QuantMaps:
+    """Evaluate the INR on every voxel; Residual = coil-combined zero-filled image of the line residual.
+
+    With ``parallel`` each rank evaluates its owned x (``hybrid`` holds only those) and the volumes are summed.
+    """
     nx, ny, nz = kspace.geometry.matrix
     device = hybrid.device
     ones = torch.ones(kspace.seq.ntau, kspace.seq.nseg, 1, device=device)
@@ -491,7 +537,7 @@ def final_maps(model: SummitField, hybrid: torch.Tensor, fwd, kspace: KSpace6D, 
                                  (kspace.ky, kspace.kz, kspace.seg, kspace.tau)), (nz, ny))
     names = ("A", "T1", "T2", "T2star", "B0", "Phase0")
     vols = {n: torch.zeros(nz, ny, nx) for n in names + ("Residual",)}
-    for xb, maps, coil in model.batches(batch_x):
+    for xb, maps, coil in model.batches(batch_x) if parallel is None else model.batches(batch_x, parallel.owned):
         res = fwd(maps, coil) - hybrid[xb]  # (bx, C, E, L)
         xb = xb.cpu()
         img = adj.adjoint(res)[..., 0, :, :]  # (bx, C, E, nz, ny)
@@ -499,6 +545,8 @@ def final_maps(model: SummitField, hybrid: torch.Tensor, fwd, kspace: KSpace6D, 
         for n in names:
             vols[n][:, :, xb] = maps[n].permute(1, 2, 0).float().cpu()
         vols["Residual"][:, :, xb] = rimg.permute(1, 2, 0).float().cpu() * scale
+    if parallel is not None:
+        parallel.reduce_volumes(vols)
     vols["A"] *= scale
     # The support comes from a blurred low-resolution image and includes a rim of background; voxels whose fitted
     # amplitude is below 10 % of the in-support median carry no signal and are dropped from the output maps.
