@@ -1,34 +1,40 @@
-"""QSM benchmark on the simulated brain phantom: full pipeline from SUMMIT's B0 against the true chi.
+"""QSM benchmark on the simulated brain phantom: full pipeline from SUMMIT against the true chi.
 
 For every acceleration R: simulate the brain phantom (SNR 30, seed 0), reconstruct with SUMMIT, then score
-(inside the QSM mask, QSM challenge 2.0 definitions, recon.qsm.score):
+every row on one mask (the brain mask after V-SHARP; QSM challenge 2.0 definitions, recon.qsm.score):
 
-- ``recon``       : QSM from the reconstructed B0 (registry pipeline: mask, V-SHARP/PDF, TV with automatic alpha);
-- ``true B0``     : the same pipeline on the true total B0 map (background removal + inversion, no recon error);
-- ``true local``  : the TV inversion alone given the true local field (the dipole field of the true chi) on the
-                    same mask, so field estimation, background removal and inversion are separated.
+- ``recon: echo-fit field, MEDI-TV`` : what the chain outputs (registry.add_qsm): the B0 map + the per-voxel
+  field correction fitted to the raw lines of all echoes (recon.qsm.echoes), V-SHARP, TV with MEDI edge weights
+  from A/T1/T2*, alpha by the discrepancy principle;
+- ``recon: SUMMIT B0, plain TV (before)`` : the previous pipeline (SUMMIT's B0 map, unweighted TV);
+- ``true total B0``  : the pipeline on the true total B0 (background removal + inversion, no field error);
+- ``true local field`` : the inversion alone given the true local field (dipole field of the true chi).
 
 Columns: demeaned NRMSE (%), deep-grey-matter (caudate, putamen, globus pallidus) region-mean slope and R^2,
-alpha, B0 error (rms Hz, demeaned), the readout-stripe measure of B0 (fraction of the in-mask B0 power along x,
-resp. y, at spatial frequencies >= 1/4 cycle/voxel), and WM+GM NRMSE of T1/T2/T2*.
+alpha; B0 error (rms Hz, demeaned in the brain mask) of the B0 map and of the QSM field; the readout-stripe
+measure (fraction of the in-mask power along x, resp. y, at >= 1/4 cycle/voxel); WM+GM NRMSE of T1/T2/T2*.
 
-Usage: ``PYTHONPATH=src python scripts/bench_qsm.py --shape 16,64,64 --R 4 8 --epochs 60``
+Usage: ``PYTHONPATH=src python scripts/bench_qsm.py --shape 16,32,32 --R 4 8 --epochs 60``
+(``--save P`` pickles the reconstructions, ``--load P`` re-scores them without reconstructing)
 """
 
 from __future__ import annotations
 
 import argparse
+import pickle
 import time
 
 import numpy as np
 import torch
 
 from qmapinr.recon.config import SummitConfig
+from qmapinr.recon.methods.registry import EDGE_MAPS, qsm_field
 from qmapinr.recon.methods.summit.solver import summit_recon
 from qmapinr.recon.physics.dipole import b0_dir_from_geometry, forward_field_ppm
+from qmapinr.recon.qsm.mask import brain_mask
 from qmapinr.recon.qsm.pipeline import qsm_pipeline
 from qmapinr.recon.qsm.score import nrmse_demeaned, region_fit
-from qmapinr.recon.qsm.tv import choose_alpha
+from qmapinr.recon.qsm.tv import DISCREPANCY_TAU_EDGES, choose_alpha, edge_weights
 from qmapinr.recon.sim.simulate import SimulationConfig, simulate
 
 DEEP_GM = ("caudate", "putamen", "globus_pallidus")
@@ -47,36 +53,60 @@ def score(chi, truth, mask, regions) -> tuple[float, float, float]:
     return nrmse_demeaned(chi, truth, mask), fit["slope"], fit["r2"]
 
 
-def run(shape, R, epochs, seed=0) -> list[dict]:
-    ks, ph = simulate(SimulationConfig(shape=shape, R=R, snr=30.0, seed=seed))
-    t0 = time.time()
-    maps = summit_recon(ks, SummitConfig(epochs=epochs, threads=1, seed=seed))
-    t_recon = time.time() - t0
+def run(shape, R, epochs, seed=0, save=None, load=None) -> list[dict]:
+    if load:  # a pickle written by --save: re-score without reconstructing
+        with open(f"{load}_R{R:g}.pkl", "rb") as fh:
+            d = pickle.load(fh)
+        ks, ph, maps, t_recon = d["ks"], d["ph"], d["maps"], d["t_recon"]
+    else:
+        ks, ph = simulate(SimulationConfig(shape=shape, R=R, snr=30.0, seed=seed))
+        t0 = time.time()
+        maps = summit_recon(ks, SummitConfig(epochs=epochs, threads=1, seed=seed))
+        t_recon = time.time() - t0
+    if save:
+        with open(f"{save}_R{R:g}.pkl", "wb") as fh:
+            pickle.dump({"ks": ks, "ph": ph, "maps": maps, "t_recon": t_recon}, fh)
     g = ks.geometry
     b0_dir = b0_dir_from_geometry(g.read_dir, g.phase_dir, g.slice_dir)
     b0_t = float(ks.meta.get("b0_t", 3.0))
     truth = ph.maps["chi"]
     regions = [ph.labels == ph.label_of(n) for n in DEEP_GM]
     m = maps.mask & ph.mask
-    res = qsm_pipeline(maps.maps["B0"], m, maps.maps["A"], g.voxel_mm, b0_t=b0_t, b0_dir=b0_dir)
-    qm = res.mask
-    ref = qsm_pipeline(ph.maps["B0"], m, maps.maps["A"], g.voxel_mm, b0_t=b0_t, b0_dir=b0_dir, mask=res.mask)
+    bm = brain_mask(m, maps.maps["A"], g.voxel_mm)  # one brain mask for every row
+    edges = np.stack([maps.maps[k] for k in EDGE_MAPS])
+    t0 = time.time()
+    field, note = qsm_field(maps, ks)
+    t_field = time.time() - t0
+    kw = {"b0_t": b0_t, "b0_dir": b0_dir, "mask": bm}
+    res = qsm_pipeline(field, m, maps.maps["A"], g.voxel_mm, edge_images=edges, **kw)
+    qm = res.mask  # after background removal: every row is scored here
+    plain = qsm_pipeline(maps.maps["B0"], m, maps.maps["A"], g.voxel_mm, **kw)
+    ref = qsm_pipeline(ph.maps["B0"], m, maps.maps["A"], g.voxel_mm, edge_images=edges, **kw)
     local_true = forward_field_ppm(np.where(ph.mask, truth, 0.0), g.voxel_mm, b0_dir)
-    inv = choose_alpha(local_true, qm, g.voxel_mm, b0_dir)
-    chi_inv = inv.chi.astype(np.float64)
-    e = np.where(m, maps.maps["B0"] - ph.maps["B0"], 0.0)
-    b0_rms = float(np.sqrt(((e[m] - e[m].mean()) ** 2).mean()))
+    inv = choose_alpha(local_true, qm, g.voxel_mm, b0_dir, grad_weight=edge_weights(edges, qm, g.voxel_mm),
+                       tau=DISCREPANCY_TAU_EDGES)
+    inv_plain = choose_alpha(local_true, qm, g.voxel_mm, b0_dir)
+
+    def b0_rms(b):
+        e = np.where(bm, b - ph.maps["B0"], 0.0)
+        return float(np.sqrt(((e[bm] - e[bm].mean()) ** 2).mean()))
+
     wmgm = m & np.isin(ph.labels, [ph.label_of("WM"), ph.label_of("GM")])
     tis = {k: float(np.linalg.norm((maps.maps[k] - ph.maps[k])[wmgm]) / np.linalg.norm(ph.maps[k][wmgm]))
            for k in ("T1", "T2", "T2star")}
-    stripes = (highfreq_fraction(maps.maps["B0"], m, 2), highfreq_fraction(maps.maps["B0"], m, 1))
+    stripes = {name: (highfreq_fraction(b, bm, 2), highfreq_fraction(b, bm, 1))
+               for name, b in (("B0 map", maps.maps["B0"]), ("QSM field", field), ("truth", ph.maps["B0"]))}
     rows = []
-    for name, chi, alpha in (("recon", res.chi_ppm, res.info["alpha"]), ("true B0", ref.chi_ppm, ref.info["alpha"]),
-                             ("true local", chi_inv, inv.alpha)):
-        n, s, r2 = score(chi, truth, qm, regions)
-        rows.append({"R": R, "input": name, "nrmse": n, "slope": s, "r2": r2, "alpha": alpha})
-    rows[0].update({"b0_rms": b0_rms, "stripes": stripes, "tissue": tis, "recon_s": t_recon,
-                    "mask": int(qm.sum()), "background": res.info["background"], "rule": res.info["alpha_rule"]})
+    for name, chi, alpha in (("recon: echo-fit field, MEDI-TV", res.chi_ppm, res.info["alpha"]),
+                             ("recon: SUMMIT B0, plain TV (before)", plain.chi_ppm, plain.info["alpha"]),
+                             ("true total B0, MEDI-TV", ref.chi_ppm, ref.info["alpha"]),
+                             ("true local field, MEDI-TV (inversion alone)", inv.chi, inv.alpha),
+                             ("true local field, plain TV (inversion alone)", inv_plain.chi, inv_plain.alpha)):
+        n, s_, r2 = score(chi, truth, qm, regions)
+        rows.append({"R": R, "input": name, "nrmse": n, "slope": s_, "r2": r2, "alpha": alpha})
+    rows[0].update({"b0_rms": (b0_rms(maps.maps["B0"]), b0_rms(field)), "stripes": stripes, "tissue": tis,
+                    "recon_s": t_recon, "field_s": t_field, "mask": int(qm.sum()), "background": res.info["background"],
+                    "rule": res.info["alpha_rule"], "field": note})
     return rows
 
 
@@ -85,26 +115,31 @@ def main() -> None:
     ap.add_argument("--shape", default="16,64,64", help="nz,ny,nx (default %(default)s)")
     ap.add_argument("--R", type=float, nargs="+", default=[4.0, 8.0])
     ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--save", default=None, help="pickle prefix for (kspace, phantom, maps) per R")
+    ap.add_argument("--load", default=None, help="re-score the pickles of an earlier --save (no reconstruction)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     shape = tuple(int(s) for s in args.shape.split(","))
-    rows = [row for R in args.R for row in run(shape, R, args.epochs)]
+    rows = [row for R in args.R for row in run(shape, R, args.epochs, save=args.save, load=args.load)]
     print(f"brain phantom {shape}, SNR 30, seed 0, SUMMIT {args.epochs} epochs")
     print("| R | input | QSM NRMSE (%) | deep-GM slope | deep-GM R^2 | alpha |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['R']:g} | {r['input']} | {r['nrmse']:.1f} | {r['slope']:.2f} | {r['r2']:.2f} | {r['alpha']:.2g} |")
     print()
-    print("| R | B0 err rms (Hz) | B0 hi-freq x / y | T1 / T2 / T2* WM+GM NRMSE | mask voxels | recon s |")
-    print("|---|---|---|---|---|---|")
+    print("| R | B0 err rms (Hz): B0 map / QSM field | B0 hi-freq x / y: B0 map, QSM field, truth | "
+          "T1 / T2 / T2* WM+GM NRMSE | mask voxels | recon s | field fit s |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         if "b0_rms" in r:
-            t = r["tissue"]
-            print(f"| {r['R']:g} | {r['b0_rms']:.2f} | {r['stripes'][0]:.3f} / {r['stripes'][1]:.3f} | "
-                  f"{t['T1']:.3f} / {t['T2']:.3f} / {t['T2star']:.3f} | {r['mask']} | {r['recon_s']:.0f} |")
+            t, st = r["tissue"], r["stripes"]
+            hf = ", ".join(f"{v[0]:.3f} / {v[1]:.3f}" for v in st.values())
+            print(f"| {r['R']:g} | {r['b0_rms'][0]:.2f} / {r['b0_rms'][1]:.2f} | {hf} | "
+                  f"{t['T1']:.3f} / {t['T2']:.3f} / {t['T2star']:.3f} | {r['mask']} | {r['recon_s']:.0f} | "
+                  f"{r['field_s']:.0f} |")
     for r in rows:
         if "background" in r:
-            print(f"R={r['R']:g}: {r['background']}; alpha rule: {r['rule']}")
+            print(f"R={r['R']:g}: field: {r['field']}; {r['background']}; alpha rule: {r['rule']}")
 
 
 if __name__ == "__main__":

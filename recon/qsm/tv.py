@@ -40,7 +40,7 @@ import scipy.fft as sfft
 
 from qmapinr.recon.physics.dipole import dipole_kernel, half_spectrum
 
-__all__ = ["TVResult", "tv_fansi", "choose_alpha", "estimate_noise", "DEFAULT_ALPHAS"]
+__all__ = ["TVResult", "tv_fansi", "choose_alpha", "estimate_noise", "edge_weights", "DEFAULT_ALPHAS"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 DEFAULT_ALPHAS = tuple(float(a) for a in np.geomspace(3e-5, 3e-3, 9))
 #: Morozov's safety factor (> 1) on the expected noise residual.
 DISCREPANCY_TAU = 1.1
+#: Discrepancy factor with MEDI edge weights: the edge-weighted prior fits the field closely at large alpha, so
+#: the optimum sits below the noise norm (residual 0.78 sqrt(n) sigma at the best alpha on the brain phantom,
+#: R = 4; factor 1.1 there picked alpha 3e-3 and slope 0.72, see docs/benchmarks/qsm.md).
+DISCREPANCY_TAU_EDGES = 0.8
 #: Knee fallback: largest alpha whose residual is <= this factor x the grid's smallest residual.
 KNEE_FACTOR = 1.2
 
@@ -81,6 +85,31 @@ def estimate_noise(field: np.ndarray, mask: np.ndarray) -> float:
     return float(np.median(est))
 
 
+def edge_weights(magnitude: np.ndarray, mask: np.ndarray, voxel_mm: Sequence[float], edge_frac: float = 0.3,
+                 floor: float = 0.0) -> list[np.ndarray]:
+    """MEDI-type TV weights from a magnitude image (Liu et al., MRM 2012;67:137, "morphology enabled").
+
+    ``magnitude`` float ``(nz, ny, nx)`` or a stack ``(k, nz, ny, nx)`` of images (each normalised by its in-mask
+    median, their differences combined root-sum-square). Per axis, the forward difference of ``magnitude``
+    (scaled as :func:`tv_fansi`'s gradient) is an *edge* where its absolute value is among the largest
+    ``edge_frac`` of the in-mask differences; edges get weight ``floor``, the rest 1.
+    Returns ``[w_x, w_y, w_z]``, float ``(nz, ny, nx)``.
+    """
+    mag = np.asarray(magnitude, dtype=np.float64)
+    mag = mag[None] if mag.ndim == 3 else mag
+    vox = np.asarray(voxel_mm, dtype=np.float64).reshape(3)
+    g = [np.zeros(mask.shape) for _ in range(3)]
+    for a in mag:  # several images (e.g. A, T1, T2*): root-sum-square of their median-normalised differences
+        a = np.where(mask, a, 0.0)
+        a = a / max(float(np.median(np.abs(a[mask]))) if np.any(mask) else 1.0, 1e-30)
+        g = [gi + d**2 for gi, d in zip(g, _diffs(a, vox.min() / vox), strict=True)]
+    g = [np.sqrt(gi) for gi in g]
+    both = [mask & np.roll(mask, -1, axis=ax) for ax in (2, 1, 0)]
+    vals = np.concatenate([gi[b] for gi, b in zip(g, both, strict=True)])
+    thr = float(np.quantile(vals, 1.0 - edge_frac)) if vals.size else np.inf
+    return [np.where(gi > thr, floor, 1.0) for gi in g]
+
+
 @dataclass
 class TVResult:
     """chi float32 ``(nz, ny, nx)`` (ppm, 0 outside the mask, not referenced), the weight and its rule."""
@@ -106,7 +135,7 @@ def _diffs_t(g: list[np.ndarray], scale: np.ndarray) -> np.ndarray:
 def tv_fansi(local_ppm: np.ndarray, mask: np.ndarray, voxel_mm: Sequence[float],
              b0_dir: Sequence[float] = (0.0, 0.0, 1.0), alpha: float = 3e-4, weight: np.ndarray | None = None,
              mu_ratio: float = 100.0, mu2: float = 1.0, n_iter: int = 150, tol: float = 1e-3,
-             x0: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+             x0: np.ndarray | None = None, grad_weight: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, int]:
     """Weighted linear FANSI TV inversion (module docstring).
 
     Parameters
@@ -121,6 +150,9 @@ def tv_fansi(local_ppm: np.ndarray, mask: np.ndarray, voxel_mm: Sequence[float],
     mu2 : data-splitting penalty (fields in ppm; 1.0 as FANSI).
     n_iter, tol : iteration limit and the stop on the relative chi update.
     x0 : optional start (e.g. the previous alpha of an L-curve sweep).
+    grad_weight : optional TV weights ``(w_x, w_y, w_z)``, each float ``(nz, ny, nx)`` in [0, 1] on the forward
+        difference along that axis (MEDI's morphology prior, :func:`edge_weights`: 0 on magnitude edges, so chi
+        may jump where the anatomy does); default 1.
 
     Returns
     -------
@@ -159,7 +191,8 @@ def tv_fansi(local_ppm: np.ndarray, mask: np.ndarray, voxel_mm: Sequence[float],
     z = [g.copy() for g in gx]
     s = [np.zeros(shape) for _ in range(3)]
     t = np.zeros(shape)
-    thr = alpha / mu1
+    thr = [alpha / mu1 * (1.0 if grad_weight is None else np.asarray(grad_weight[j], dtype=np.float64))
+           for j in range(3)]
     it = 0
     while it < n_iter:
         it += 1
@@ -175,7 +208,7 @@ def tv_fansi(local_ppm: np.ndarray, mask: np.ndarray, voxel_mm: Sequence[float],
         gx = _diffs(chi, scale)
         for j in range(3):
             u = gx[j] + s[j]
-            z[j] = np.sign(u) * np.maximum(np.abs(u) - thr, 0.0)
+            z[j] = np.sign(u) * np.maximum(np.abs(u) - thr[j], 0.0)
             s[j] = u - z[j]
         t = t + dchi - v
         if change < tol:
@@ -196,14 +229,17 @@ def _measures(chi: np.ndarray, f: np.ndarray, m: np.ndarray, w: np.ndarray, voxe
 def choose_alpha(local_ppm: np.ndarray, mask: np.ndarray, voxel_mm: Sequence[float],
                  b0_dir: Sequence[float] = (0.0, 0.0, 1.0), weight: np.ndarray | None = None,
                  alphas: Sequence[float] = DEFAULT_ALPHAS, noise_ppm: float | None = None,
-                 rule: str = "discrepancy", n_iter: int = 100) -> TVResult:
+                 rule: str = "discrepancy", n_iter: int = 100,
+                 grad_weight: Sequence[np.ndarray] | None = None, tau: float = DISCREPANCY_TAU) -> TVResult:
     """TV inversion with ``alpha`` chosen automatically (module docstring).
 
     Runs :func:`tv_fansi` for the ``alpha`` values largest first, each warm-started from the previous result.
     ``rule='discrepancy'`` (default): stop at the first (largest) ``alpha`` whose weighted residual is
     ``<= tau sqrt(n_mask) noise_ppm`` (``noise_ppm`` = the local field's noise std in ppm; None = estimated by
     :func:`estimate_noise`); the knee fallback if none qualifies. ``rule='lcurve'``: all values, then the
-    corner. Returns the :class:`TVResult` of the chosen alpha.
+    corner. ``tau``: the discrepancy factor (:data:`DISCREPANCY_TAU`; with MEDI edge weights the pipeline uses
+    :data:`DISCREPANCY_TAU_EDGES`). ``grad_weight``: TV weights of :func:`tv_fansi`. Returns the
+    :class:`TVResult` of the chosen alpha.
     """
     f = np.where(mask, np.asarray(local_ppm, dtype=np.float64), 0.0)
     m = np.asarray(mask).astype(bool)
@@ -218,11 +254,11 @@ def choose_alpha(local_ppm: np.ndarray, mask: np.ndarray, voxel_mm: Sequence[flo
         src = "given"
         if noise_ppm is None:
             noise_ppm, src = estimate_noise(f, m), "estimated from second differences"
-        target = DISCREPANCY_TAU * np.sqrt(m.sum()) * float(noise_ppm)
+        target = tau * np.sqrt(m.sum()) * float(noise_ppm)
     sols, curve, iters = [], [], []
     x0 = None
     for a in grid:
-        chi, it = tv_fansi(f, m, voxel_mm, b0_dir, alpha=a, weight=w, n_iter=n_iter, x0=x0)
+        chi, it = tv_fansi(f, m, voxel_mm, b0_dir, alpha=a, weight=w, n_iter=n_iter, x0=x0, grad_weight=grad_weight)
         x0 = chi
         r, tv = _measures(chi, f, m, w, voxel_mm, b0_dir)
         sols.append(chi)
@@ -232,7 +268,7 @@ def choose_alpha(local_ppm: np.ndarray, mask: np.ndarray, voxel_mm: Sequence[flo
             break
     if rule == "discrepancy":
         best = len(curve) - 1
-        rule = f"discrepancy (residual <= {DISCREPANCY_TAU} sqrt(n) x noise {noise_ppm:.3g} ppm, {src})"
+        rule = f"discrepancy (residual <= {tau:g} sqrt(n) x noise {noise_ppm:.3g} ppm, {src})"
         if curve[best][1] > target:
             rmin = min(c[1] for c in curve)
             best = next(i for i, c in enumerate(curve) if c[1] <= KNEE_FACTOR * rmin)
