@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -66,6 +67,7 @@ class _Timer:
         self._t = now
 
 
+@dataclass
 class FitResult:
     """Per-epoch data-consistency loss and the stage timings of the loop (seconds; callback time excluded)."""
 

@@ -191,7 +191,6 @@ class Prepared:
         return self.init.mask
 
 
-@dataclass
 def build_forward(kspace: KSpace6D, cfg: SummitConfig, device: torch.device) -> StructuredForward | ExactForward:
     """The forward model that ``cfg.forward`` names, on the sampled lines of ``kspace``."""
     nx, ny, nz = kspace.geometry.matrix

@@ -20,7 +20,7 @@ def scan():
 def _run(ks, **kw):
     torch.set_num_threads(1)
     kw.setdefault("wnnm_start_epoch", 0)
-    cfg = SummitConfig(epochs=2, coil_refine_iters=1, threads=1, **kw)
+    cfg = SummitConfig(epochs=2, coil_refine_iters=1, threads=1, t2star_hold_epochs=0, **kw)  # T2* free from epoch 0
     return summit_recon(ks, cfg)
 
 
