@@ -59,12 +59,20 @@ class _CentreFit:
         return torch.einsum("lij,mlj->mli", self.solve, rhs)
 
 
-def determined_locations(kspace: KSpace6D, basis: torch.Tensor, width: float = 0.25) -> tuple[int, int]:
-    """``(determined, sampled)``: central k-space locations (ellipse of relative half-width ``width``) sampled at
-    enough distinct (tau, n) to determine all K basis coefficients, and those sampled at all."""
+def determined_locations(kspace: KSpace6D, basis: torch.Tensor, width: float = 0.25, block: int = 3
+                         ) -> tuple[int, int, bool]:
+    """``(determined, sampled, centre)``: central k-space locations (ellipse of relative half-width ``width``)
+    sampled at enough distinct (tau, n) to determine all K basis coefficients, those sampled at all, and whether
+    every location of the ``block x block`` (kz x ky, clipped to the matrix) block at the k-space centre is
+    determined -- a calibration-like centre, not a few scattered locations that happen to be sampled often."""
     fit = _CentreFit(kspace, basis, width, 1e-3, None)
     rank = torch.linalg.matrix_rank(fit.gram, hermitian=True)
-    return int((rank >= fit.k).sum()), fit.nloc
+    _, ny, nz = kspace.geometry.matrix
+    good = set(fit.locs[rank >= fit.k].tolist())
+    h = block // 2
+    centre = {z * ny + y for z in range(max(0, nz // 2 - h), min(nz, nz // 2 + h + 1))
+              for y in range(max(0, ny // 2 - h), min(ny, ny // 2 + h + 1))}
+    return int((rank >= fit.k).sum()), fit.nloc, centre <= good
 
 
 def lowres_subspace_images(

@@ -7,9 +7,10 @@ import pytest
 import torch
 from synthetic import tiny_dataset  # tests/helpers
 
-from qmapinr.recon.calibration.support import coil_combine, lowres_subspace_images
+from qmapinr.recon.calibration.support import coil_combine, determined_locations, lowres_subspace_images
 from qmapinr.recon.physics.dictionary import default_dictionary
 from qmapinr.recon.physics.fft import ifftc, readout_ifft
+from qmapinr.recon.sim.simulate import SimulationConfig, simulate
 
 
 def _reference(hybrid, kspace, basis, width=0.25, ridge=1e-3):
@@ -79,3 +80,16 @@ def test_prior_fits_locations_with_fewer_samples_than_rank(tiny):
     assert np.isfinite(mag).all()
     # the image is brighter inside the object than outside
     assert np.median(mag[ds.mask]) > 3 * np.median(mag[~ds.mask])
+
+
+def test_determined_centre_needs_the_calibration_block_not_scattered_locations():
+    """With the 3x3 centre every centre location is determined; without it (calibration-free, 16x64x64, R 4) some
+    scattered locations are, but not the centre, so the initial maps take the ridge-prior fit over all of them."""
+    out = {}
+    for calib in ((3, 3), (0, 0)):
+        ks, _ = simulate(SimulationConfig(shape=(16, 64, 64), ncoils=1, R=4, snr=None, calib=calib))
+        basis = torch.from_numpy(default_dictionary(ks.seq, n_t1=20, n_t2=12).svd_basis(4)[0])
+        out[calib] = determined_locations(ks, basis)
+    assert out[(3, 3)][2] and out[(3, 3)][0] >= 9
+    determined, sampled, centre = out[(0, 0)]
+    assert determined > 0 and not centre and sampled > determined
