@@ -6,6 +6,7 @@ sync per stage, ``time_stages=True``) and the final maps run on ``cuda``, with t
 when it is importable (``map_grid.implementation='auto'``).
 
     python scripts/bench_paper_gpu.py [--epochs 5] [--shape 40,128,128] [--coils 24] [--tcnn auto|torch|tcnn]
+    python scripts/bench_paper_gpu.py --device cpu --epochs 2      # the same stages on the CPU, peak RSS
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ def main() -> int:
     ap.add_argument("--batch-x", type=int, default=4)
     ap.add_argument("--memory-budget-mb", type=float, default=16384.0)
     ap.add_argument("--tcnn", default="auto", choices=("auto", "torch", "tcnn"))
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     a = ap.parse_args()
+    if a.device == "cpu":
+        return cpu_run(a)
     if not torch.cuda.is_available():
         print("bench_paper_gpu: skipped: torch.cuda.is_available() is False (no CUDA device or no CUDA build of "
               f"torch {torch.__version__}); run it on a machine with a GPU")
@@ -78,6 +82,48 @@ def main() -> int:
             print(f"| per epoch: {k[:-2]} | {v / n:.3f} |")
     print(f"\npeak GPU memory allocated {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, reserved "
           f"{torch.cuda.max_memory_reserved() / 2**30:.2f} GiB")
+    s = score(out.maps, ph.maps, ph.labels, ph.label_names, out.mask & ph.mask)
+    print("NRMSE after", n, "epochs:", ", ".join(f"{k} {v:.4f}" for k, v in s.nrmse_mask.items()))
+    return 0
+
+
+def cpu_run(a) -> int:
+    """The same stages on the CPU (threads: the session policy, adaptive), peak resident memory of the process."""
+    import resource
+
+    from qmapinr.gadgets.threads import session_config
+
+    shape = tuple(int(v) for v in a.shape.split(","))
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    ks, ph = simulate(SimulationConfig(shape=shape, ncoils=a.coils, R=2.0, snr=30, seed=0, phantom="nist",
+                                       preset="phantom"))
+    times["simulate"] = time.perf_counter() - t0
+    cfg = session_config(SummitConfig(device="cpu", epochs=a.epochs, batch_x=a.batch_x,
+                                      memory_budget_mb=a.memory_budget_mb), "paper-size")
+    torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    prep = prepare(ks, cfg)
+    cfg = dataclasses.replace(cfg, batch_x=resolve_batch_x(prep.kspace, cfg))
+    times["prepare (coil maps, init)"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model = build_field(prep, cfg)
+    times["build_field (+ gain)"] = time.perf_counter() - t0
+    res = fit(model, SummitLoss(prep, cfg), shape[2], cfg, prep.device, time_stages=True)
+    t0 = time.perf_counter()
+    out = final_maps(model, prep.hybrid, prep.fwd, prep.kspace, prep.mask, prep.scale, cfg.batch_x)
+    times["final_maps"] = time.perf_counter() - t0
+    n = res.timings["epochs_run"]
+    print(f"cpu, {cfg.threads} thread(s) max, shape {shape}, {a.coils} coils, {ks.nlines} lines, "
+          f"{prep.kspace.seq.ntau} line groups, batch_x {cfg.batch_x}")
+    print("| stage | seconds |\n|---|---|")
+    for k, v in times.items():
+        print(f"| {k} | {v:.1f} |")
+    print(f"| fit, {n} epochs | {res.timings['loop_s']:.1f} |")
+    for k, v in res.timings.items():
+        if k.endswith("_s") and k not in ("loop_s", "callback_s"):
+            print(f"| per epoch: {k[:-2]} | {v / n:.2f} |")
+    print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     s = score(out.maps, ph.maps, ph.labels, ph.label_names, out.mask & ph.mask)
     print("NRMSE after", n, "epochs:", ", ".join(f"{k} {v:.4f}" for k, v in s.nrmse_mask.items()))
     return 0
