@@ -161,13 +161,14 @@ def _prepare_case(name: str, folder: Path) -> str:
     import torch
 
     from qmapinr.recon.methods.summit.solver import build_field, prepare
+    from qmapinr.recon.physics.history import with_shot_groups
     from qmapinr.recon.sim.simulate import SimulationConfig, simulate
 
     shape, coils = CASES[name]
     t0 = time.perf_counter()
     ks, _ = simulate(SimulationConfig(shape=shape, ncoils=coils, R=4.0, snr=30.0, seed=0, preset="demo"))
     cfg = dataclasses.replace(_bench_cfg(), device="cpu")
-    prep = prepare(ks, cfg)
+    prep = prepare(with_shot_groups(ks), cfg)  # as run_inr does: transient shots modelled exactly
     model = build_field(prep, cfg)
     path = str(folder / f"{name}.pt")
     torch.save((prep, model), path)
