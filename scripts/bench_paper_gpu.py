@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import resource
 import sys
 import time
 
 import torch
 
+from qmapinr.gadgets.threads import session_config
 from qmapinr.recon.config import SummitConfig
 from qmapinr.recon.evaluation.metrics import score
 from qmapinr.recon.methods.summit.solver import (
@@ -42,12 +44,22 @@ def main() -> int:
     ap.add_argument("--tcnn", default="auto", choices=("auto", "torch", "tcnn"))
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     a = ap.parse_args()
-    if a.device == "cpu":
-        return cpu_run(a)
-    if not torch.cuda.is_available():
+    if a.device == "cuda" and not torch.cuda.is_available():
         print("bench_paper_gpu: skipped: torch.cuda.is_available() is False (no CUDA device or no CUDA build of "
               f"torch {torch.__version__}); run it on a machine with a GPU")
         return 0
+    return run(a)
+
+
+def run(a) -> int:
+    """Simulate (CPU), prepare, fit ``a.epochs`` epochs and evaluate on ``a.device``; print per-stage times and
+    the peak memory (GPU: allocated/reserved; CPU: resident set of the process, threads by the session policy)."""
+    cuda = a.device == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
     shape = tuple(int(v) for v in a.shape.split(","))
     times: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -55,25 +67,30 @@ def main() -> int:
                                        preset="phantom"))
     ks = with_shot_groups(ks)  # as run_inr does: transient shots modelled exactly
     times["simulate (CPU)"] = time.perf_counter() - t0
-    base = SummitConfig(device="cuda", epochs=a.epochs, batch_x=a.batch_x, memory_budget_mb=a.memory_budget_mb)
+    base = SummitConfig(device=a.device, epochs=a.epochs, batch_x=a.batch_x, memory_budget_mb=a.memory_budget_mb)
     cfg = dataclasses.replace(base, map_grid=dataclasses.replace(base.map_grid, implementation=a.tcnn))
-    torch.cuda.reset_peak_memory_stats()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        cfg = session_config(cfg, "paper-size")
+        torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     prep = prepare(ks, cfg)
     cfg = dataclasses.replace(cfg, batch_x=resolve_batch_x(prep.kspace, cfg))
-    torch.cuda.synchronize()
+    sync()
     times["prepare (coil maps, init)"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     model = build_field(prep, cfg)
-    torch.cuda.synchronize()
+    sync()
     times["build_field (+ gain)"] = time.perf_counter() - t0
     res = fit(model, SummitLoss(prep, cfg), shape[2], cfg, prep.device, time_stages=True)
     t0 = time.perf_counter()
     out = final_maps(model, prep.hybrid, prep.fwd, prep.kspace, prep.mask, prep.scale, cfg.batch_x)
-    torch.cuda.synchronize()
+    sync()
     times["final_maps"] = time.perf_counter() - t0
     n = res.timings["epochs_run"]
-    print(f"device {torch.cuda.get_device_name()}, shape {shape}, {a.coils} coils, {ks.nlines} lines, "
+    where = (f"device {torch.cuda.get_device_name()}" if cuda else f"cpu, {cfg.threads} thread(s) max")
+    print(f"{where}, shape {shape}, {a.coils} coils, {ks.nlines} lines, {prep.kspace.seq.ntau} line groups, "
           f"batch_x {cfg.batch_x}, encoding {type(model.maps.encoding).__name__}")
     print("| stage | seconds |\n|---|---|")
     for k, v in times.items():
@@ -82,51 +99,11 @@ def main() -> int:
     for k, v in res.timings.items():
         if k.endswith("_s") and k not in ("loop_s", "callback_s"):
             print(f"| per epoch: {k[:-2]} | {v / n:.3f} |")
-    print(f"\npeak GPU memory allocated {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, reserved "
-          f"{torch.cuda.max_memory_reserved() / 2**30:.2f} GiB")
-    s = score(out.maps, ph.maps, ph.labels, ph.label_names, out.mask & ph.mask)
-    print("NRMSE after", n, "epochs:", ", ".join(f"{k} {v:.4f}" for k, v in s.nrmse_mask.items()))
-    return 0
-
-
-def cpu_run(a) -> int:
-    """The same stages on the CPU (threads: the session policy, adaptive), peak resident memory of the process."""
-    import resource
-
-    from qmapinr.gadgets.threads import session_config
-
-    shape = tuple(int(v) for v in a.shape.split(","))
-    times: dict[str, float] = {}
-    t0 = time.perf_counter()
-    ks, ph = simulate(SimulationConfig(shape=shape, ncoils=a.coils, R=2.0, snr=30, seed=0, phantom="nist",
-                                       preset="phantom"))
-    ks = with_shot_groups(ks)  # as run_inr does: transient shots modelled exactly
-    times["simulate"] = time.perf_counter() - t0
-    cfg = session_config(SummitConfig(device="cpu", epochs=a.epochs, batch_x=a.batch_x,
-                                      memory_budget_mb=a.memory_budget_mb), "paper-size")
-    torch.set_num_threads(cfg.threads)
-    t0 = time.perf_counter()
-    prep = prepare(ks, cfg)
-    cfg = dataclasses.replace(cfg, batch_x=resolve_batch_x(prep.kspace, cfg))
-    times["prepare (coil maps, init)"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    model = build_field(prep, cfg)
-    times["build_field (+ gain)"] = time.perf_counter() - t0
-    res = fit(model, SummitLoss(prep, cfg), shape[2], cfg, prep.device, time_stages=True)
-    t0 = time.perf_counter()
-    out = final_maps(model, prep.hybrid, prep.fwd, prep.kspace, prep.mask, prep.scale, cfg.batch_x)
-    times["final_maps"] = time.perf_counter() - t0
-    n = res.timings["epochs_run"]
-    print(f"cpu, {cfg.threads} thread(s) max, shape {shape}, {a.coils} coils, {ks.nlines} lines, "
-          f"{prep.kspace.seq.ntau} line groups, batch_x {cfg.batch_x}")
-    print("| stage | seconds |\n|---|---|")
-    for k, v in times.items():
-        print(f"| {k} | {v:.1f} |")
-    print(f"| fit, {n} epochs | {res.timings['loop_s']:.1f} |")
-    for k, v in res.timings.items():
-        if k.endswith("_s") and k not in ("loop_s", "callback_s"):
-            print(f"| per epoch: {k[:-2]} | {v / n:.2f} |")
-    print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+    if cuda:
+        print(f"\npeak GPU memory allocated {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, reserved "
+              f"{torch.cuda.max_memory_reserved() / 2**30:.2f} GiB")
+    else:
+        print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     s = score(out.maps, ph.maps, ph.labels, ph.label_names, out.mask & ph.mask)
     print("NRMSE after", n, "epochs:", ", ".join(f"{k} {v:.4f}" for k, v in s.nrmse_mask.items()))
     return 0

@@ -72,7 +72,7 @@ def determined_locations(kspace: KSpace6D, basis: torch.Tensor, width: float = 0
     h = block // 2
     centre = {z * ny + y for z in range(max(0, nz // 2 - h), min(nz, nz // 2 + h + 1))
               for y in range(max(0, ny // 2 - h), min(ny, ny // 2 + h + 1))}
-    return int((rank >= fit.k).sum()), fit.nloc, centre <= good
+    return len(good), fit.nloc, centre <= good
 
 
 def lowres_subspace_images(

@@ -100,13 +100,14 @@ def with_shot_groups(kspace: KSpace6D, tol: float = TRANSIENT_TOL, max_cycles: i
     if seq.prep_groups is not None or seq.prep_loop_order is None or kspace.acq_order is None:
         return kspace
     shot, shot_tau = shot_sequence(kspace.tau, kspace.seg, kspace.acq_order)
-    trans = transient_shots(seq, shot_tau, tol)
+    deviation = transient_deviation(seq, shot_tau)
+    trans = deviation > tol
     if not trans.any():
         return kspace
     trans_shots = np.flatnonzero(trans)
     limit = max(1, max_cycles) * seq.ntau
     if trans_shots.size > limit:
-        left = transient_deviation(seq, shot_tau)[trans_shots[limit:]].max()
+        left = deviation[trans_shots[limit:]].max()
         log.info("sequence history: %d transient shots; the first %d get their own groups, the rest keep the "
                  "steady-state model (largest |c - c_steady| left %.2g)", trans_shots.size, limit, left)
         trans[trans_shots[limit:]] = False
