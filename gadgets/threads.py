@@ -15,9 +15,14 @@ into the chain's config and logs the choice and its reason once per session.
 
 Busy-waiting: libgomp (the OpenMP runtime of the torch wheels) lets idle team threads spin for ~300 000
 iterations at every barrier. When another process holds one of the cores, the spinning thread and the
-descheduled one fight over it and an epoch becomes 4-40x slower (issue 15). :func:`configure_openmp` therefore
-sets ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at once) unless the user set a wait policy; libgomp reads it when
-it is loaded, i.e. at ``import torch``, so it is called when :mod:`qmapinr.gadgets` is imported, before any module
+descheduled one fight over it and an epoch becomes 4-40x slower (issue 15). Sleeping at once
+(``OMP_WAIT_POLICY=PASSIVE``) avoids that but costs a futex wake-up per parallel region, which on an idle host
+makes 2 threads no faster than 1 (docs/benchmarks/threads.md, rounds 2-3). :func:`configure_openmp` therefore
+sets a bounded spin, ``GOMP_SPINCOUNT=10000`` (a few tens of microseconds: long enough to bridge the gaps between
+the small parallel regions of one batch, short enough not to hold a core another process needs), unless the user
+set a wait setting; together with the loop's measured thread count (:mod:`qmapinr.recon.methods.threadtune`) it
+was within 20 % of the best column in every row of round 4. libgomp reads it when it is loaded, i.e. at
+``import torch``, so it is called when :mod:`qmapinr.gadgets` is imported, before any module
 that imports torch. The measurement behind both defaults is docs/benchmarks/threads.md
 (``python scripts/bench_threads.py``).
 """
@@ -37,7 +42,7 @@ log = logging.getLogger(__name__)
 
 ENV_THREADS = "QMAPINR_THREADS"
 ENV_SESSIONS = "QMAPINR_SESSIONS"
-OPENMP_DEFAULTS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
+OPENMP_DEFAULTS: dict[str, str] = {"GOMP_SPINCOUNT": "10000"}
 """Environment defaults applied before torch loads (a user's own value wins)."""
 _WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 

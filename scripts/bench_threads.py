@@ -8,7 +8,8 @@ Runs the whole table unattended (about 5-8 min on 2 cores) and prints it as mark
 initial maps, forward model) and saved; two measuring worker processes load them:
 
 - ``spin``: libgomp's default wait policy (what torch did before issue 15),
-- ``policy``: the environment of :func:`qmapinr.gadgets.threads.configure_openmp` (``OMP_WAIT_POLICY=PASSIVE``);
+- ``policy``: the environment of :func:`qmapinr.gadgets.threads.configure_openmp` (``GOMP_SPINCOUNT=10000``; or
+  ``--policy KEY=VALUE,...`` to measure another setting);
   its ``default`` column uses :func:`qmapinr.gadgets.threads.choose_threads` (one session).
 
 For each load (none; 1 or 2 pure-Python busy loops; 1 or 2 other reconstructions of the same case running the
@@ -37,7 +38,7 @@ from pathlib import Path
 CASES = {"demo": ((8, 32, 32), 4), "16x64x64": ((16, 64, 64), 8)}
 LOADS = {"none": (None, 0), "1 busy loop": ("busy", 1), "2 busy loops": ("busy", 2),
          "1 recon": ("recon", 1), "2 recons": ("recon", 2)}
-COLUMNS = (("1", "policy", "1"), ("2 (spin)", "spin", "2"), ("2 (passive)", "policy", "2"),
+COLUMNS = (("1", "policy", "1"), ("2 (spin)", "spin", "2"), ("2 (policy)", "policy", "2"),
            ("default", "policy", "default"))
 BUSY = "while True: pass"
 _WAIT = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
@@ -133,12 +134,15 @@ def load_recon(path: str) -> None:
 # ---------------------------------------------------------------- parent
 
 
+POLICY: dict[str, str] = {}  # --policy: the wait settings of the policy processes instead of configure_openmp's
+
+
 def _env(kind: str) -> dict[str, str]:
     from qmapinr.gadgets.threads import configure_openmp
 
     env = {k: v for k, v in os.environ.items() if k not in _WAIT}
     if kind == "policy":
-        configure_openmp(env)
+        env.update(POLICY) if POLICY else configure_openmp(env)
     return env
 
 
@@ -249,6 +253,8 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the raw rows here")
     ap.add_argument("--prepared", type=Path, default=None,
                     help="folder to keep the prepared cases in (CASE.pt) and to reuse them from on the next run")
+    ap.add_argument("--policy", default="", help="KEY=VALUE[,KEY=VALUE]: wait settings of the policy columns and "
+                    "competing recons instead of the shipped default (e.g. GOMP_SPINCOUNT=10000)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--load", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -264,6 +270,7 @@ def main() -> int:
     from qmapinr.gadgets.threads import OPENMP_DEFAULTS, choose_threads, usable_cpus
 
     t0 = time.perf_counter()
+    POLICY.update(dict(kv.split("=", 1) for kv in a.policy.split(",") if kv))
     loads = a.loads.split(",")
     rows = []
     if a.prepared:
@@ -276,7 +283,7 @@ def main() -> int:
     text, ok = table(rows)
     cpus = usable_cpus()
     print(f"torch {torch.__version__}, {cpus[1]}; default = {choose_threads(0, 1, {}, cpus).threads} thread(s) "
-          f"with {OPENMP_DEFAULTS}; s/epoch (WNNM on), best of {a.rounds} x {a.cell_seconds:g} s per cell; "
+          f"with {POLICY or OPENMP_DEFAULTS}; s/epoch (WNNM on), best of {a.rounds} x {a.cell_seconds:g} s per cell; "
           f"{_uptime()} at the end; {time.perf_counter() - t0:.0f} s in all\n")
     print(text)
     if a.json:

@@ -26,11 +26,8 @@ from it: framing, limits and text sizes come from the one codec. Safety rules of
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
-import ntpath
-import posixpath
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -42,6 +39,16 @@ import numpy as np
 import xsdata.exceptions
 
 from qmapinr.gadgets.transport import codec
+from qmapinr.gadgets.transport.handshake import (  # noqa: F401  (re-exported: the connection's handshake helpers)
+    ACQ_HEADER_BYTES,
+    MAX_NOISE_SAMPLES,
+    acquisition_bounds,
+    chain_name_from_file,
+    decode_text,
+    flatten_parameters,
+    parse_config_text,
+    read_text_payload,
+)
 from qmapinr.gadgets.transport.socketstream import (  # noqa: F401  (the connection's public error vocabulary)
     WRITE_BUSY,
     WRITE_CLOSED,
@@ -53,113 +60,6 @@ from qmapinr.gadgets.transport.socketstream import (  # noqa: F401  (the connect
 )
 
 logger = logging.getLogger(__name__)
-
-ACQ_HEADER_BYTES = ctypes.sizeof(ismrmrd.AcquisitionHeader)
-DEFAULT_MAX_CHANNELS = 256
-"""Channel bound when the XML header gives no ``receiverChannels``."""
-
-MAX_NOISE_SAMPLES = 16384
-"""Samples a noise pre-scan acquisition may declare (its length is free of the imaging matrix)."""
-
-def _decode(payload: bytes, what: str) -> str:
-    text = payload.split(b"\0", 1)[0] if what == "CONFIG_FILE" else payload.rstrip(b"\0")
-    try:
-        return text.decode("utf-8").strip()
-    except UnicodeDecodeError as exc:
-        raise ProtocolError(f"{what} message is not UTF-8 text: {exc}") from exc
-
-
-def read_text_payload(source: Any, what: str) -> bytes:
-    """uint32 length + bytes; a length above :data:`codec.MAX_TEXT_BYTES` is refused before reading."""
-    (length,) = codec.UINT32.unpack(source.read(codec.UINT32.size))
-    if length > codec.MAX_TEXT_BYTES:
-        raise ProtocolError(f"{what} message claims {length} bytes (limit {codec.MAX_TEXT_BYTES}): "
-                            "garbled stream?")
-    return source.read(length)
-
-
-def chain_name_from_file(name: str) -> str:
-    """``/path/to/summit.xml`` -> ``summit`` (basename for / or \\ separators, ``.xml`` suffix dropped)."""
-    base = ntpath.basename(posixpath.basename(name.strip()))
-    if base.lower().endswith(".xml"):
-        base = base[:-4]
-    if not base:
-        raise ProtocolError(f"configuration name {name!r} names no chain")
-    return base
-
-
-def parse_config_text(text: str) -> tuple[str, ET.Element | None]:
-    """Chain name and property element from a CONFIG_TEXT payload.
-
-    Parameters
-    ----------
-    text : str
-        Either a bare chain name (``summit`` / ``summit.xml``) or a Gadgetron 4 stream configuration.
-
-    Returns
-    -------
-    name : str
-        The ``target`` of the first ``<external><execute .../>`` element (or the bare name).
-    config : xml.etree.ElementTree.Element or None
-        The ``<configuration>`` element inside that ``<external>`` (``<property name=.. value=../>`` children), or
-        None for a bare name.
-    """
-    text = text.strip()
-    if not text.startswith("<"):
-        return chain_name_from_file(text), None
-    try:
-        root = ET.fromstring(text)
-    except ET.ParseError as exc:
-        raise ProtocolError(f"CONFIG_TEXT is neither a chain name nor valid XML: {exc}") from exc
-    externals = [e for e in root.iter("external") if e.find("execute") is not None]
-    if not externals:
-        raise ProtocolError(
-            "CONFIG_TEXT XML has no <external><execute target=.../></external> naming the chain; "
-            "send the chain name (e.g. 'summit') or a config_xml/*.xml stream configuration"
-        )
-    if len(externals) > 1:
-        logger.warning("config has %d <external> blocks; using the first", len(externals))
-    execute = externals[0].find("execute")
-    target = (execute.get("target") or "").strip()
-    if not target:
-        raise ProtocolError("<execute> in CONFIG_TEXT has no target attribute")
-    inner = externals[0].find("configuration")
-    return target, inner if inner is not None else ET.Element("configuration")
-
-
-def flatten_parameters(obj: Any, prefix: str = "") -> dict[str, str]:
-    """JSON object -> property strings; nested objects become dotted keys (``map_grid.n_levels``)."""
-    if not isinstance(obj, dict):
-        raise ProtocolError(f"JSON parameters must be an object, got {type(obj).__name__}")
-    out: dict[str, str] = {}
-    for key, value in obj.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten_parameters(value, name + "."))
-        elif isinstance(value, bool):
-            out[name] = "true" if value else "false"
-        elif isinstance(value, (int, float, str)):
-            out[name] = str(value)
-        else:
-            raise ProtocolError(f"JSON parameter {name!r} has unsupported value {value!r}")
-    return out
-
-
-def acquisition_bounds(header) -> tuple[int, int]:
-    """(max channels, max samples) an acquisition may declare under this XML header.
-
-    Channels: ``acquisitionSystemInformation.receiverChannels`` if given, else :data:`DEFAULT_MAX_CHANNELS`.
-    Samples: twice the largest encoded/recon ``matrixSize.x`` (readout oversampling 2), at least 1.
-    """
-    asi = getattr(header, "acquisitionSystemInformation", None)
-    channels = getattr(asi, "receiverChannels", None) or DEFAULT_MAX_CHANNELS
-    nx = 1
-    for enc in header.encoding or []:
-        for space in (enc.encodedSpace, enc.reconSpace):
-            if space is not None and space.matrixSize is not None and space.matrixSize.x:
-                nx = max(nx, int(space.matrixSize.x))
-    return int(channels), 2 * nx
-
 
 _REFUSED = {codec.IMAGE: "IMAGE (1022)", 1026: "WAVEFORM (1026)", codec.CONFIG_FILE: "CONFIG_FILE (1)",
             codec.CONFIG_TEXT: "CONFIG_TEXT (2)", codec.HEADER: "HEADER (3)"}
@@ -267,12 +167,12 @@ class MRDConnection:
     def _read_config(self) -> tuple[str, ET.Element | None]:
         mid = self._read_id("a configuration")
         if mid == codec.CONFIG_FILE:
-            name = _decode(self.socket.read(codec.CONFIG_FILE_SIZE), "CONFIG_FILE")
+            name = decode_text(self.socket.read(codec.CONFIG_FILE_SIZE), "CONFIG_FILE")
             logger.debug("CONFIG_FILE %r", name)
             self.config_text = name
             return chain_name_from_file(name), None
         if mid == codec.CONFIG_TEXT:
-            self.config_text = _decode(read_text_payload(self.socket, "CONFIG_TEXT"), "CONFIG_TEXT")
+            self.config_text = decode_text(read_text_payload(self.socket, "CONFIG_TEXT"), "CONFIG_TEXT")
             name, config = parse_config_text(self.config_text)
             logger.debug("CONFIG_TEXT names chain %r", name)
             return name, config
@@ -282,7 +182,7 @@ class MRDConnection:
         mid = self._read_id("the header")
         if mid != codec.HEADER:
             raise ProtocolError(f"expected HEADER (3) after the configuration, got {_describe(mid)}")
-        text = _decode(read_text_payload(self.socket, "HEADER"), "HEADER")
+        text = decode_text(read_text_payload(self.socket, "HEADER"), "HEADER")
         if not text:
             raise ProtocolError("HEADER (3) message is empty")
         try:
@@ -301,7 +201,7 @@ class MRDConnection:
         if mid != codec.TEXT:
             self._pending_mid = mid
             return
-        text = _decode(read_text_payload(self.socket, "TEXT"), "TEXT")
+        text = decode_text(read_text_payload(self.socket, "TEXT"), "TEXT")
         if not text.startswith(("{", "[")):
             logger.info("client text: %s", text)
             self.messages.append(text)
@@ -368,7 +268,7 @@ class MRDConnection:
                     self.on_acquisition(item)
                 return mid, item
             if mid == codec.TEXT:
-                text = _decode(read_text_payload(self.socket, "TEXT"), "TEXT")
+                text = decode_text(read_text_payload(self.socket, "TEXT"), "TEXT")
                 self.counts[mid] += 1
                 logger.info("client text: %s", text)
                 self.messages.append(text)

@@ -30,8 +30,8 @@ from qmapinr.gadgets.transport.connection import (
     ClientDisconnected,
     MRDConnection,
     SocketStream,
-    parse_config_text,
 )
+from qmapinr.gadgets.transport.handshake import parse_config_text
 from qmapinr.gadgets.transport.recorder import StreamRecorder
 
 logger = logging.getLogger(__name__)

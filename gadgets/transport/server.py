@@ -25,33 +25,8 @@ are not accepted until a slot frees: they wait in the listen backlog (their conn
 in kernel buffers). With ``when_busy="reject"`` they are accepted and immediately get TEXT "busy ..." followed
 by CLOSE.
 
-Errors, deadlines and endings (issue 12)
---------------------------------------
-Every session ends with maps, or with ONE TEXT that says why not, then CLOSE: an exception in the chain (one log
-line for validation errors; a traceback only for unexpected ones or with ``--log-level DEBUG``), a chain that
-produced no images (empty stream, only a noise pre-scan), a refused request (admission control in the chain:
-:mod:`qmapinr.recon.methods.budget` from the header, before allocating; each acquisition header is checked against
-the XML header before its data buffer exists), a passed deadline (``--handshake-timeout`` from connect to the
-header, ``--stream-timeout`` to the client's CLOSE, ``--session-timeout`` or 4 x the estimate + 120 s after it), an
-IMAGE or other non-acquisition message from the client. A stream that ends without CLOSE is not reconstructed
-(nobody would read the maps); a client that closes its socket while the chain runs is detected (EOF, then a TEXT
-probe answered by a reset: a half-closed client still reads) and the chain is stopped. Process workers: the
-server keeps a duplicate of each client socket, so a worker killed by SIGKILL or the OOM killer is still answered
-with TEXT "the reconstruction worker died (...)" + CLOSE (unless it died in the middle of writing a message), and
-a worker that ignores its deadline is killed 30 s after it. The report line always has peer, chain, status,
-acquisitions, images, duration and peak RSS; :attr:`MRDServer.reports` keeps these records. ``--save-stream DIR``
-writes every received stream as a replayable ISMRMRD file.
-
-Signals
--------
-SIGTERM or SIGINT (when serving in the main thread): stop accepting, let running connections finish for up to
-``shutdown_timeout`` s, then terminate the remaining workers (a process worker answers its client with TEXT
-"server shutting down" and CLOSE), and return 0. A second signal skips the wait. Workers start with SIGTERM and
-SIGINT blocked, ignore SIGINT and ignore a SIGTERM the server did not ask for, so a signal to the whole process
-group (Ctrl-C, systemd's KillMode=control-group) leaves the drain to the server. A slot is free as soon as its
-session has ended (its report arrived), not when the worker process exits. Clients still waiting in the listen
-backlog when the listener closes are reset by the kernel; a client that left the backlog before being accepted
-gets no worker.
+Errors, deadlines, endings and signals: docs/service.md (every session ends with maps or with ONE TEXT that
+says why, then CLOSE; deadlines; a dead worker is still answered; SIGTERM drains).
 """
 
 from __future__ import annotations
@@ -108,11 +83,6 @@ class _Session:
     sock: socket.socket | None  # the server's duplicate (process workers): lets it tell the client if the worker dies
     state: SessionState | None
     start: float
-
-
-def client_gone(sock: socket.socket) -> bool:
-    """True if an accepted client already closed or reset its side before sending anything."""
-    return SocketStream(sock).peer_gone()
 
 
 def describe_exit(code: int | None) -> str:
@@ -283,7 +253,7 @@ class MRDServer:
             return
         self._count += 1
         number, peer = self._count, f"{addr[0]}:{addr[1]}"
-        if client_gone(sock):
+        if SocketStream(sock).peer_gone():  # closed or reset before sending anything
             sock.close()
             self._record(ConnectionReport(number, peer, status="gone", error="client left before being served"))
             return
@@ -412,24 +382,6 @@ class MRDServer:
         for worker in self._exiting:
             worker.join(10.0)
         self._exiting = []
-
-
-def serve(
-    host: str = "127.0.0.1",
-    port: int = DEFAULT_PORT,
-    max_connections: int = 4,
-    chains: ChainSpec = None,
-    stop_event: threading.Event | None = None,
-    **options: Any,
-) -> int:
-    """Run an :class:`MRDServer` until ``stop_event`` is set or SIGTERM/SIGINT; returns the exit code (0).
-
-    ``options`` are the keyword-only arguments of :class:`MRDServer` (workers, when_busy, shutdown_timeout,
-    idle_timeout, linger, config_dir, threads_per_connection, handshake_timeout, stream_timeout, session_timeout,
-    limits, save_stream).
-    """
-    server = MRDServer(host, port, max_connections, chains, **options)
-    return server.serve_forever(stop_event)
 
 
 def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -121,15 +121,16 @@ def test_session_config_sets_and_logs_the_threads(monkeypatch, caplog):
 def test_configure_openmp_keeps_a_users_wait_setting():
     env: dict[str, str] = {}
     assert tp.configure_openmp(env) == tp.OPENMP_DEFAULTS and env == tp.OPENMP_DEFAULTS
-    user = {"GOMP_SPINCOUNT": "10000"}
-    assert tp.configure_openmp(user) == {} and user == {"GOMP_SPINCOUNT": "10000"}
+    user = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert tp.configure_openmp(user) == {} and user == {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert tp.OPENMP_DEFAULTS == {"GOMP_SPINCOUNT": "10000"}  # bounded spin: threads.md round 4
 
 
 def test_chain_process_loads_torch_with_the_wait_policy():
     """Gadgetron imports qmapinr.gadgets.chains first: the wait policy is in place before torch loads libgomp."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
     code = ("import json, os, sys; import qmapinr.gadgets.chains; m = list(sys.modules); "
-            "print(json.dumps({'policy': os.environ.get('OMP_WAIT_POLICY'), "
+            "print(json.dumps({'policy': os.environ.get('GOMP_SPINCOUNT'), "
             "'first': m.index('qmapinr.gadgets.threads') < m.index('torch')}))")
     got = _child(code, env)
-    assert got == {"policy": tp.OPENMP_DEFAULTS["OMP_WAIT_POLICY"], "first": True}
+    assert got == {"policy": tp.OPENMP_DEFAULTS["GOMP_SPINCOUNT"], "first": True}

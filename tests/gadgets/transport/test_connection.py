@@ -14,10 +14,8 @@ from qmapinr.gadgets.transport.connection import (
     ClientDisconnected,
     MRDConnection,
     ProtocolError,
-    chain_name_from_file,
-    flatten_parameters,
-    parse_config_text,
 )
+from qmapinr.gadgets.transport.handshake import chain_name_from_file, flatten_parameters, parse_config_text
 
 HEADER_XML = mc.HEADER_XML
 
