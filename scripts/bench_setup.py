@@ -1,7 +1,8 @@
 """Cost and quality of SUMMIT's setup stage (coil maps, initial maps, amplitude gain) per matrix size.
 
 For each case the simulated k-space is cached (``--cache``, a pickle per case) so that before/after runs see the
-same bits. Prints one markdown row per case: seconds per setup stage, peak RSS above the start, the coil-map
+same bits. The data are grouped into transient line groups as ``run_inr`` does (``with_shot_groups``, counted in
+the init column). Prints one markdown row per case: seconds per setup stage, peak RSS above the start, the coil-map
 alignment with the simulator's true maps (median per-voxel ``|<s_est, s_true>|`` over the object), the support
 size, and — with ``--epochs N`` — the WM+GM / whole-mask NRMSE of a full SUMMIT reconstruction (N epochs).
 
@@ -22,6 +23,7 @@ import torch
 from qmapinr.recon.config import SummitConfig
 from qmapinr.recon.evaluation.benchmark import PeakMemory
 from qmapinr.recon.evaluation.metrics import score
+from qmapinr.recon.physics.history import with_shot_groups
 from qmapinr.recon.sim.simulate import SimulationConfig, simulate
 
 
@@ -82,7 +84,7 @@ def main() -> None:
         torch.manual_seed(cfg.seed)
         with PeakMemory() as mem:
             t0 = time.perf_counter()
-            prep = solver.prepare(ks, cfg)
+            prep = solver.prepare(with_shot_groups(ks), cfg)  # as run_inr: transient shots modelled exactly
             t1 = time.perf_counter()
             model = solver.build_field(prep, cfg)
             t2 = time.perf_counter()
