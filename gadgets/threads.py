@@ -18,8 +18,8 @@ iterations at every barrier. When another process holds one of the cores, the sp
 descheduled one fight over it and an epoch becomes 4-40x slower (issue 15). Sleeping at once
 (``OMP_WAIT_POLICY=PASSIVE``) avoids that but costs a futex wake-up per parallel region, which on an idle host
 makes 2 threads no faster than 1 (docs/benchmarks/threads.md, rounds 2-3). :func:`configure_openmp` therefore
-sets a bounded spin, ``GOMP_SPINCOUNT=10000`` (a few tens of microseconds: long enough to bridge the gaps between
-the small parallel regions of one batch, short enough not to hold a core another process needs), unless the user
+sets a bounded spin, ``GOMP_SPINCOUNT=10000`` (libgomp's default is 300 000 iterations; 1000 was too short to
+bridge the gaps between the small parallel regions of one batch on an idle host), unless the user
 set a wait setting; together with the loop's measured thread count (:mod:`qmapinr.recon.methods.threadtune`) it
 was within 20 % of the best column in every row of round 4. libgomp reads it when it is loaded, i.e. at
 ``import torch``, so it is called when :mod:`qmapinr.gadgets` is imported, before any module

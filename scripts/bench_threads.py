@@ -141,8 +141,10 @@ def _env(kind: str) -> dict[str, str]:
     from qmapinr.gadgets.threads import configure_openmp
 
     env = {k: v for k, v in os.environ.items() if k not in _WAIT}
-    if kind == "policy":
-        env.update(POLICY) if POLICY else configure_openmp(env)
+    if kind == "policy" and POLICY:
+        env.update(POLICY)
+    elif kind == "policy":
+        configure_openmp(env)
     return env
 
 

@@ -39,7 +39,7 @@ import numpy as np
 import xsdata.exceptions
 
 from qmapinr.gadgets.transport import codec
-from qmapinr.gadgets.transport.handshake import (  # noqa: F401  (re-exported: the connection's handshake helpers)
+from qmapinr.gadgets.transport.handshake import (
     ACQ_HEADER_BYTES,
     MAX_NOISE_SAMPLES,
     acquisition_bounds,

@@ -28,7 +28,9 @@ DEFAULT_MAX_CHANNELS = 256
 MAX_NOISE_SAMPLES = 16384
 """Samples a noise pre-scan acquisition may declare (its length is free of the imaging matrix)."""
 
+
 def decode_text(payload: bytes, what: str) -> str:
+    """A text payload as a stripped str: CONFIG_FILE up to its first NUL, others without trailing NULs."""
     text = payload.split(b"\0", 1)[0] if what == "CONFIG_FILE" else payload.rstrip(b"\0")
     try:
         return text.decode("utf-8").strip()

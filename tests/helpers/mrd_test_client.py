@@ -140,6 +140,17 @@ def small_header(nx: int = 8, ny: int = 4, nz: int = 1, channels: int | None = N
 
 
 HEADER_XML = small_header()
+
+STREAM_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<configuration><version>2</version>
+  <readers><reader><dll>gadgetron_core_readers</dll><classname>AcquisitionReader</classname></reader></readers>
+  <writers><writer><dll>gadgetron_core_writers</dll><classname>ImageWriter</classname></writer></writers>
+  <stream><external>
+      <execute name="qmapinr.gadgets.chains" target="summit" type="python"/>
+      <configuration><property name="epochs" value="3"/></configuration>
+  </external></stream>
+</configuration>"""
+"""A Gadgetron 4 stream configuration naming the summit chain with one property (epochs 3)."""
 """8 x 4 x 1 matrix, no receiverChannels: what the server tests send."""
 
 

@@ -15,19 +15,9 @@ from qmapinr.gadgets.transport.connection import (
     MRDConnection,
     ProtocolError,
 )
-from qmapinr.gadgets.transport.handshake import chain_name_from_file, flatten_parameters, parse_config_text
 
 HEADER_XML = mc.HEADER_XML
 
-STREAM_XML = """<?xml version="1.0" encoding="UTF-8"?>
-<configuration><version>2</version>
-  <readers><reader><dll>gadgetron_core_readers</dll><classname>AcquisitionReader</classname></reader></readers>
-  <writers><writer><dll>gadgetron_core_writers</dll><classname>ImageWriter</classname></writer></writers>
-  <stream><external>
-      <execute name="qmapinr.gadgets.chains" target="summit" type="python"/>
-      <configuration><property name="epochs" value="3"/></configuration>
-  </external></stream>
-</configuration>"""
 
 
 def _acq(value: float) -> ismrmrd.Acquisition:
@@ -59,7 +49,7 @@ def test_config_file_id1_header_and_close():
 
 
 def test_config_text_stream_xml_with_nul_and_json_parameters():
-    payload = _frames(("send_config_text", STREAM_XML), ("send_header", HEADER_XML),
+    payload = _frames(("send_config_text", mc.STREAM_XML), ("send_header", HEADER_XML),
                       ("send_parameters", {"epochs": 2, "map_grid": {"n_levels": 4}, "verbose": True}),
                       ("send_acquisition", _acq(1)), ("send_text", "halfway"), ("send_acquisition", _acq(2)),
                       ("send_close",))
@@ -131,18 +121,6 @@ def test_unknown_message_id_mid_stream():
 def test_disconnect_during_handshake():
     with pytest.raises(ClientDisconnected, match="before sending the header"):
         _connect(_frames(("send_config_text", "summit")), shut=True)
-
-
-def test_name_helpers():
-    assert chain_name_from_file("C:\\cfg\\Summit.XML") == "Summit"
-    assert chain_name_from_file("baseline") == "baseline"
-    with pytest.raises(ProtocolError):
-        chain_name_from_file(".xml")
-    name, cfg = parse_config_text(STREAM_XML)
-    assert name == "summit" and cfg.tag == "configuration"
-    assert flatten_parameters({"a": {"b": {"c": 1.5}}}) == {"a.b.c": "1.5"}
-    with pytest.raises(ProtocolError):
-        flatten_parameters({"a": [1]})
 
 
 def test_half_closed_client_after_close_is_served_and_a_closed_one_is_not():
