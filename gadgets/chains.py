@@ -19,12 +19,14 @@ baseline) are ignored with a warning; a property no method knows is still an err
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import ismrmrd
+from gadgetron.external import Connection as ExternalConnection
 
 from qmapinr.gadgets.properties import properties_from_config
 from qmapinr.gadgets.stages import buffer_kspace, maps_to_images, split_noise
@@ -47,6 +49,49 @@ CHAIN_CONFIGS: dict[str, type] = {name: m.config for name, m in METHODS.items()}
 
 METHOD_PROPERTY = "method"
 """The one method switch: the property naming the registered method a chain runs."""
+
+DRAIN_LIMIT_S = 60.0
+"""After a chain failed on a ``gadgetron.external`` connection: how long it may read the rest of the input."""
+
+
+@contextlib.contextmanager
+def drain_on_failure(connection: Any, limit_s: float = DRAIN_LIMIT_S) -> Iterator[None]:
+    """On an exception, read (and drop) the rest of the input up to the peer's CLOSE, then re-raise.
+
+    Why: ``python -m gadgetron`` (Gadgetron 4's external gadget, the replay's subprocess mode) closes the socket
+    after the target raised. Closing with unread input makes the kernel reset the connection and drop what is
+    still in the gadget's send queue, i.e. images already ``send``-ed before the failure. With the input read
+    to its CLOSE (4) the close is an orderly one and everything sent arrives. Only ``gadgetron.external``
+    connections are drained (the MRD server closes its own with a linger); at most ``limit_s`` s, after which
+    (or on any read error) the original exception goes on as is.
+    """
+    try:
+        yield
+    except Exception:
+        if isinstance(connection, ExternalConnection):
+            _drain(connection, limit_s)
+        raise
+
+
+def _drain(connection: ExternalConnection, limit_s: float) -> None:
+    raw = connection.socket.socket
+    deadline = time.monotonic() + limit_s
+    n = 0
+    log.info("chain failed: reading the rest of the input (at most %.0f s) so that what was sent is kept",
+             limit_s)
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            raw.settimeout(left)
+            connection.next()  # StopIteration at the peer's CLOSE
+            n += 1
+        log.warning("input not drained within %.0f s (%d messages read)", limit_s, n)
+    except StopIteration:
+        log.info("input drained to its CLOSE (%d messages dropped)", n)
+    except Exception as exc:  # a broken connection or a timeout: nothing more to do
+        log.info("input drain stopped after %d messages: %s: %s", n, type(exc).__name__, exc)
+    finally:
+        with contextlib.suppress(OSError):
+            raw.settimeout(None)
 
 
 def _text_sink(connection: Any) -> Callable[[str], None]:
@@ -159,7 +204,14 @@ def select_method(props: dict[str, str], default: str) -> tuple[str, dict[str, s
 
 
 def run_chain(connection: Any, chain: str) -> None:
-    """Run the method that the ``method`` property names (default ``chain``) over ``connection`` until CLOSE."""
+    """Run the method that the ``method`` property names (default ``chain``) over ``connection`` until CLOSE.
+
+    A failure propagates (the gadget process exits non-zero) after :func:`drain_on_failure`."""
+    with drain_on_failure(connection):
+        _run_chain(connection, chain)
+
+
+def _run_chain(connection: Any, chain: str) -> None:
     chain, props = select_method(chain_properties(connection), chain)
     cfg = session_config(from_properties(CHAIN_CONFIGS[chain], props), chain)  # threads
     log.info("%s chain started with %s", chain, cfg)

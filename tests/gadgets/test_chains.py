@@ -45,3 +45,15 @@ def test_registry_matches_configs():
     assert set(chains.CHAINS) == set(chains.CHAIN_CONFIGS)
     for name, fn in chains.CHAINS.items():
         assert callable(fn) and fn.__name__ == name
+
+
+def test_drain_on_failure_reraises_and_leaves_other_connections_alone():
+    """Only gadgetron.external connections are drained; the chain's exception always goes on unchanged."""
+    from qmapinr.gadgets.chains import drain_on_failure
+
+    class NotExternal:
+        def __iter__(self):
+            raise AssertionError("must not be read")
+
+    with pytest.raises(ValueError, match="the chain's own error"), drain_on_failure(NotExternal()):
+        raise ValueError("the chain's own error")

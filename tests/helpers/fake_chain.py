@@ -15,6 +15,7 @@ import time
 import ismrmrd
 import numpy as np
 
+from qmapinr.gadgets.chains import drain_on_failure
 from qmapinr.gadgets.stages import buffer_kspace, maps_to_images, split_noise
 from qmapinr.recon.kspace import KSpace6D, QuantMaps
 
@@ -62,10 +63,34 @@ def fake_chain(connection):
 
 
 def fake_chain_fail(connection):
-    """Sends one image, then raises (to test error reporting and that received images are kept)."""
-    for item in maps_to_images([fake_maps(_first_kspace(connection))], connection.header):
-        connection.send(item)
-        raise RuntimeError("fake failure after the first image")
+    """Sends one image, then raises (to test error reporting and that received images are kept); fails the way
+    the real chains do (:func:`~qmapinr.gadgets.chains.drain_on_failure`)."""
+    with drain_on_failure(connection):
+        for item in maps_to_images([fake_maps(_first_kspace(connection))], connection.header):
+            connection.send(item)
+            raise RuntimeError("fake failure after the first image")
+
+
+BIG_IMAGE_SHAPE = (2048, 2048)
+"""16 MiB of float32: more than the loopback socket buffers hold, so part of it is still queued at the failure."""
+
+
+def _send_big_then_fail(connection):
+    next(iter(connection))  # the first acquisition: the client is still sending the rest
+    img = ismrmrd.Image.from_array(np.arange(np.prod(BIG_IMAGE_SHAPE), dtype=np.float32).reshape(BIG_IMAGE_SHAPE))
+    connection.send(img)
+    raise RuntimeError("fake failure mid-stream after a big image")
+
+
+def fake_chain_fail_big(connection):
+    """Mid-stream failure after a 16 MiB image, handled like the real chains (the image must arrive whole)."""
+    with drain_on_failure(connection):
+        _send_big_then_fail(connection)
+
+
+def fake_chain_fail_big_raw(connection):
+    """The same without the drain (a plain upstream close with unread input: shows the reset, not tested)."""
+    _send_big_then_fail(connection)
 
 
 def _first_kspace(connection) -> KSpace6D:

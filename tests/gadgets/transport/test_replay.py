@@ -138,6 +138,23 @@ def test_replay_failure_keeps_images_and_reports(measurement_h5, mode):
         result.raise_for_error()
 
 
+@pytest.mark.parametrize("mode", ["subprocess", "inprocess"])
+def test_chain_failure_mid_stream_keeps_a_large_image(measurement_h5, mode):
+    """A chain that fails mid-stream after sending an image bigger than the socket buffers: the image arrives
+    whole and the client sends everything (``drain_on_failure``; without it the subprocess gadget's close with
+    unread input resets the connection and drops the queued image: 0 images, measured 3 of 3)."""
+    from fake_chain import BIG_IMAGE_SHAPE
+
+    result = replay(measurement_h5, module="fake_chain", target="fake_chain_fail_big", mode=mode, env=ENV,
+                    timeout=120, progress=False)
+    assert not result.ok and "fake failure mid-stream" in result.error
+    assert "lost before its CLOSE" not in result.error
+    assert result.n_sent == result.n_acquisitions
+    assert len(result.images) == 1
+    data = result.images[0].data.reshape(-1)
+    assert data.size == np.prod(BIG_IMAGE_SHAPE) and data[-1] == data.size - 1
+
+
 def test_replay_process_dies_without_close(measurement_h5):
     result = replay(measurement_h5, module="fake_chain", target="fake_chain_exit", env=ENV, timeout=120,
                     progress=False)
