@@ -7,6 +7,7 @@ sequence-history fields ignored (the paper's closed form).
 
     python scripts/bench_history.py [--shapes 8,32,32] [--Rs 4,8] [--phantoms brain,shepp-logan]
                                     [--methods summit,subspace] [--epochs 60] [--snr 30] [--no-calib]
+                                    [--set lambda_t2=0 ...]
 
 Rows: NRMSE (over the mask, over "encoded" tissue = mask with true T2 < 400 ms, and over WM+GM) and median
 relative bias per tissue. The SNR is the project's (mean |S| over the mask and all (n, tau, TE) / sigma); the
@@ -22,7 +23,7 @@ import time
 
 import torch
 
-from qmapinr.recon.config import SummitConfig
+from qmapinr.recon.config import SummitConfig, from_properties
 from qmapinr.recon.evaluation.benchmark import run_method
 from qmapinr.recon.evaluation.metrics import nrmse
 from qmapinr.recon.physics.signal import signal
@@ -94,13 +95,16 @@ def main() -> None:
     ap.add_argument("--no-calib", action="store_true", help="pure variable-density sampling (no 3x3 centre)")
     ap.add_argument("--models", default="history,closed form", help="signal models to fit (history, closed form)")
     ap.add_argument("--crb-only", action="store_true", help="print only the per-voxel Cramer-Rao table")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="SUMMIT setting (a chain property, e.g. lambda_t2=0); repeatable")
     a = ap.parse_args()
     if a.crb_only:
         crb_table(a.preset)
         return
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(a.threads)
-    scfg = SummitConfig(epochs=a.epochs, threads=a.threads)
+    sets = dict(kv.split("=", 1) for kv in a.set)
+    scfg = from_properties(SummitConfig, {"epochs": str(a.epochs), "threads": str(a.threads), **sets})
     print("| case | method | model | T1 NRMSE mask / encoded / WM+GM | T2 | T2* | A | "
           "median bias T1/T2/T2* % | s |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -125,7 +129,8 @@ def main() -> None:
                         res = run_method(method, data, phantom, case, scfg)
                         print(_row(res, phantom, model, case), flush=True)
     print(f"\npreset {a.preset}, {a.epochs} epochs, {a.threads} thread(s), {a.coils} coils, seed {a.seed}, "
-          f"{'no' if a.no_calib else '3x3'} calibration block; encoded = true T2 < {ENCODED_T2_MAX_MS:g} ms.")
+          f"{'no' if a.no_calib else '3x3'} calibration block; encoded = true T2 < {ENCODED_T2_MAX_MS:g} ms; "
+          f"settings {sets or 'default'}.")
 
 
 if __name__ == "__main__":
