@@ -7,18 +7,8 @@ configuration (``qmapinr.gadgets.chains.CHAINS``) runs over a
 :class:`qmapinr.gadgets.transport.connection.MRDConnection` exactly as it would under Gadgetron 4's external Python
 gadget.
 
-Concurrency
------------
-Each client is served in its own process (``multiprocessing`` with the ``spawn`` start method; the accepted
-socket is handed to the child). The reconstruction is CPU-bound PyTorch with many small Python-level steps per
-epoch, so threads would contend for the GIL; separate processes also isolate failures (an exception, a crash
-or running out of memory ends one connection, never the server), return all memory when a connection ends, and
-let each connection get its own torch thread budget (:mod:`qmapinr.gadgets.threads`: usable CPUs //
-max_connections unless set explicitly). ``spawn`` (not ``fork``) because forking a process that may hold
-torch/OpenMP thread pools is unsafe; its cost (a fresh interpreter importing the chain, about 1-3 s) is small
-next to a reconstruction.
-``workers="thread"`` serves clients in threads of the server process instead (for debugging or where processes
-are unwanted).
+Each client is served in its own ``spawn``-ed process (``workers="thread"``: threads of the server process,
+for debugging); why processes and why ``spawn``: docs/service.md.
 
 At most ``max_connections`` clients are served at once. With ``when_busy="wait"`` (default) further clients
 are not accepted until a slot frees: they wait in the listen backlog (their connect succeeds, their data waits
@@ -48,23 +38,17 @@ from typing import Any
 from qmapinr.gadgets.threads import session_environ
 from qmapinr.gadgets.transport import codec
 from qmapinr.gadgets.transport.connection import WRITE_BUSY, WRITE_CLOSED, SocketStream
-from qmapinr.gadgets.transport.handler import (  # noqa: F401  (re-exported: public names of the server module)
+from qmapinr.gadgets.transport.handler import (
     ABORT_DEADLINE,
     ABORT_SHUTDOWN,
-    DEFAULT_CHAINS,
-    LOG_FORMAT,
     ChainSpec,
     ConnectionReport,
-    ServerShutdown,
     SessionOptions,
     SessionState,
-    UnknownChainError,
     configure_worker_logging,
     handle_client,
-    load_chains,
     process_worker,
     reject,
-    resolve_chain,
 )
 from qmapinr.gadgets.transport.serve_cli import DEFAULT_PORT, add_serve_arguments, server_options
 
