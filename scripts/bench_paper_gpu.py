@@ -104,6 +104,7 @@ def run(a) -> int:
               f"{torch.cuda.max_memory_reserved() / 2**30:.2f} GiB")
     else:
         print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+    print("data-consistency loss per epoch:", ", ".join(f"{v:.4g}" for v in res.history))
     s = score(out.maps, ph.maps, ph.labels, ph.label_names, out.mask & ph.mask)
     print("NRMSE after", n, "epochs:", ", ".join(f"{k} {v:.4f}" for k, v in s.nrmse_mask.items()))
     return 0
