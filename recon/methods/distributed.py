@@ -215,6 +215,9 @@ def _worker(rank: int, world: int, port: int, kspace: KSpace6D, cfg: SummitConfi
             if rank == 0:
                 np.savez(Path(out_dir) / f"maps{i}.npz", mask=out.mask, **out.maps)
             (Path(out_dir) / f"info{i}_rank{rank}.json").write_text(json.dumps(info, default=float))
+        # every rank done with its collectives before any tears its gloo pairs down: without it a rank that
+        # finished first could close a connection the other still used (both aborted in std::terminate, 1 CI run)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
