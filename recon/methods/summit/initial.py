@@ -25,7 +25,7 @@ import torch
 
 from qmapinr.recon.calibration.support import determined_locations, lowres_subspace_images, support_mask
 from qmapinr.recon.kspace import KSpace6D
-from qmapinr.recon.physics.dictionary import default_dictionary, match_coefficients
+from qmapinr.recon.physics.dictionary import default_dictionary, fit_echoes, match_coefficients
 
 log = logging.getLogger(__name__)
 
@@ -112,28 +112,22 @@ def echo_decay_t2star(hybrid: torch.Tensor, kspace: KSpace6D, sens: torch.Tensor
     the ellipse of relative half-width ``width`` (Hann-windowed; 0.5 reaches the edge but lets more aliasing of
     the undersampled lines in: 16x64x64, R 4, 20 % of WM/GM above twice their T2* vs 9.5 % at 0.25); all echoes
     of a line share its (tau, n), so the temporal weighting and the sampling pattern are the same in every echo
-    and cancel in the echo ratio. Per voxel:
-    ``log |I_e|`` against TE by least squares weighted ``|I_e|^2`` (the inverse variance of a log magnitude);
-    a non-decaying voxel gets the upper bound. The rate R2* = 1/T2* is then median-filtered over the 3x3x3
+    and cancel in the echo ratio. Per voxel: the ``|I_e|^2``-weighted log-linear fit of
+    :func:`~qmapinr.recon.physics.dictionary.fit_echoes` (a non-decaying voxel, or a single echo, gets the
+    upper bound). The rate R2* = 1/T2* is then median-filtered over the 3x3x3
     neighbours inside ``mask`` (bool ``(nz, ny, nx)``; None = no filter): single noisy voxels, mostly on the
     rim, otherwise start far out (brain 8x32x32, R 4, 3x3 centre, width 0.5: 10.6 % of WM/GM above twice the
     truth unfiltered, 1.5 % filtered).
     """
     img = lowres_subspace_images(hybrid.cpu(), kspace, atom, width=width, prior=torch.ones(1), min_rank=1,
                                  sens=sens.cpu())  # (nx, E, 1, nz, ny)
-    mag = img[:, :, 0].abs().permute(2, 3, 0, 1).double()  # (nz, ny, nx, E)
-    te = torch.as_tensor(kspace.seq.te_ms, dtype=torch.float64)
-    if te.numel() < 2:
-        return torch.full(mag.shape[:3], float(np.mean(PRIOR_RANGES["T2star"])), dtype=torch.float32)
-    w = mag.pow(2)
-    tm = (w * te).sum(-1) / w.sum(-1).clamp_min(1e-30)
-    dt = te - tm[..., None]
-    slope = (w * dt * mag.clamp_min(1e-30).log()).sum(-1) / (w * dt.pow(2)).sum(-1).clamp_min(1e-30)
+    h = img[:, :, 0].permute(2, 3, 0, 1)  # (nz, ny, nx, E)
     lo, hi = PRIOR_RANGES["T2star"]
-    rate = (-slope).clamp(1.0 / hi, 1.0 / lo)  # 1/ms
-    if mask is not None:
-        rate = torch.from_numpy(masked_median3(rate.numpy(), np.asarray(mask, dtype=bool)))
-    return (1.0 / rate).clamp(lo, hi).float()
+    t2s = fit_echoes(h.reshape(-1, h.shape[-1]).numpy(), kspace.seq.te_ms, t2s_bounds_ms=(lo, hi))["T2star"]
+    t2s = t2s.reshape(h.shape[:3])
+    if mask is not None:  # the median of the rate, not of T2*
+        t2s = 1.0 / masked_median3(1.0 / t2s, np.asarray(mask, dtype=bool))
+    return torch.from_numpy(np.clip(t2s, lo, hi)).float()
 
 
 def masked_median3(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
