@@ -33,6 +33,7 @@ from qmapinr.recon.optim.cg import conjugate_gradient
 from qmapinr.recon.optim.power import power_iteration
 from qmapinr.recon.physics.fft import fftc, ifftc, readout_ifft
 from qmapinr.recon.physics.linop import LinearOperator
+from qmapinr.recon.physics.product import product_lines
 from qmapinr.recon.physics.sense import SenseSubspaceOp
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ def refine_coil_maps(
         x, _ = conjugate_gradient(op.normal, op.adjoint(y), x, x_cg_iters)
 
         def m_fwd(s: torch.Tensor, x=x) -> torch.Tensor:  # maps (nx, C, nz, ny) -> lines, batched over x
-            return torch.cat([op.op.forward(s[b:b + op.bx, :, None, None] * x[b:b + op.bx, None])
+            return torch.cat([product_lines(op.op, s[b:b + op.bx, :, None, None], x[b:b + op.bx, None])
                               for b in range(0, s.shape[0], op.bx)], 0)
 
         def m_adj(r: torch.Tensor, x=x) -> torch.Tensor:  # lines -> maps, batched over x

@@ -22,6 +22,7 @@ import torch
 from qmapinr.recon.kspace import SequenceParams
 from qmapinr.recon.physics.fft import centred_line_phase, fftc
 from qmapinr.recon.physics.linop import LinearOperator
+from qmapinr.recon.physics.product import product_lines
 from qmapinr.recon.physics.signal import echo_factors, prep_coefficients, signal, steady_state_terms
 
 
@@ -141,8 +142,8 @@ class StructuredForward:
         """maps: each ``(bx, nz, ny)``; sens: complex ``(bx, C, nz, ny)`` -> lines ``(bx, C, nte, nlines)``."""
         h, rec = self.coefficient_images(maps)
         img = h.permute(0, 3, 1, 2)[:, None] * sens[:, :, None]  # (bx, C, nte, nz, ny)
-        coeff = img[:, :, :, None] * rec.permute(0, 3, 1, 2)[:, None, None].to(img.dtype)  # (bx,C,E,atoms,nz,ny)
-        return self.op.forward(coeff)
+        # lines of the coefficient volume img x rec (bx, C, E, atoms, nz, ny), never formed (physics.product)
+        return product_lines(self.op, img[:, :, :, None], rec.permute(0, 3, 1, 2)[:, None, None])
 
 
 class ExactForward:

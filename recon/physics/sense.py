@@ -14,6 +14,7 @@ import torch
 from qmapinr.recon.kspace import KSpace6D
 from qmapinr.recon.physics.forward import LineSubspaceOp
 from qmapinr.recon.physics.linop import LinearOperator
+from qmapinr.recon.physics.product import product_lines
 
 
 def temporal_psf(basis: torch.Tensor, kspace: KSpace6D) -> torch.Tensor:
@@ -68,8 +69,8 @@ class SenseSubspaceOp(LinearOperator):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = []
         for s in range(0, x.shape[0], self.bx):
-            img = self.sens[s:s + self.bx, :, None, None] * x[s:s + self.bx, None]  # (bx, C, nte, K, nz, ny)
-            out.append(self.op.forward(img))
+            # lines of sens x x (bx, C, nte, K, nz, ny) in cache-sized chunks (physics.product)
+            out.append(product_lines(self.op, self.sens[s:s + self.bx, :, None, None], x[s:s + self.bx, None]))
         return torch.cat(out, 0)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,7 @@ from qmapinr.recon.methods.progress import ProgressCallback
 from qmapinr.recon.methods.summit.solver import EpochCallback, InrRun, Prepared, SummitLoss, build_field, run_inr
 from qmapinr.recon.physics.forward import LineSubspaceOp
 from qmapinr.recon.physics.history import display_groups
+from qmapinr.recon.physics.product import product_lines
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,8 @@ def lrr_operator(prep: Prepared, basis: torch.Tensor) -> LineSubspaceOp:
 
 def lrr_lines(op: LineSubspaceOp, u: torch.Tensor, coil: torch.Tensor) -> torch.Tensor:
     """U ``(bx, nz, ny, nte, K)`` x coils ``(bx, C, nz, ny)`` -> predicted lines ``(bx, C, nte, nlines)``."""
-    coeff = coil[:, :, None, None] * u.permute(0, 3, 4, 1, 2)[:, None]  # (bx, C, nte, K, nz, ny)
-    return op.forward(coeff)
+    # the coefficient volume coil x U (bx, C, nte, K, nz, ny) in cache-sized chunks (physics.product)
+    return product_lines(op, coil[:, :, None, None], u.permute(0, 3, 4, 1, 2)[:, None])
 
 
 class LoreinLoss:
