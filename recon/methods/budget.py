@@ -28,6 +28,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from qmapinr.recon.physics.product import CPU_CHUNK_BYTES
+
 MiB = 1 << 20
 
 BASE = 480 * MiB
@@ -39,7 +41,9 @@ VOXEL_COIL = 150
 KSPACE = 6.0
 """Multiple of the k-space bytes resident at the peak (line store, gathered array, hybrid data, copies)."""
 BATCH_COPIES = 4.0
-"""Coefficient-volume copies of one x position alive at the peak of a batch's forward + backward (helper "epoch")."""
+"""Copies of one x position's forward inputs alive at the peak of a batch's forward + backward: the coefficient
+volume for the exact forward; for the structured forward, whose coefficient volume is formed only one cache-sized
+chunk at a time (:mod:`qmapinr.recon.physics.product`), the per-coil images and the recovery atoms."""
 T0 = 10.0
 """Fixed seconds (imports, dictionary, QSM)."""
 T_PREP = 1.5e-4
@@ -182,16 +186,24 @@ def inr_parameters(cfg: Any, dims: Dims) -> int:
 def batch_bytes_per_x(dims: Dims, cfg: Any) -> int:
     """Peak bytes per readout position of a SUMMIT batch (0 for configs without ``batch_x``).
 
-    ``BATCH_COPIES`` complex64 coefficient volumes: structured forward ``C * nte * (1 + ntau * rank) * nz * ny``
-    elements, exact forward ``C * nte * ntau * nseg * nz * ny``.
+    ``BATCH_COPIES`` complex64 copies of: exact forward, the coefficient volume ``C * nte * ntau * nseg * nz * ny``
+    elements; structured forward, the per-coil images and the atoms ``(C * nte + 1 + ntau * rank) * nz * ny``
+    (its coefficient volume is formed one chunk at a time: :func:`batch_chunk_bytes`, once per batch).
     """
     if not hasattr(cfg, "batch_x"):
         return 0
     if getattr(cfg, "forward", "structured") == "exact":
-        atoms = dims.ntau * dims.nseg
+        elements = dims.ncoils * dims.nte * dims.ntau * dims.nseg
     else:
-        atoms = 1 + dims.ntau * int(getattr(cfg, "rank", 8))
-    return int(dims.ncoils * dims.nte * atoms * dims.nz * dims.ny * 8 * BATCH_COPIES)
+        elements = dims.ncoils * dims.nte + 1 + dims.ntau * int(getattr(cfg, "rank", 8))
+    return int(elements * dims.nz * dims.ny * 8 * BATCH_COPIES)
+
+
+def batch_chunk_bytes(cfg: Any) -> int:
+    """Bytes of the structured forward's chunk buffers per batch (coefficient chunk, its FFT and gradient)."""
+    if not hasattr(cfg, "batch_x") or getattr(cfg, "forward", "structured") == "exact":
+        return 0
+    return int(BATCH_COPIES * CPU_CHUNK_BYTES)
 
 
 def batch_size(dims: Dims, cfg: Any) -> int:
@@ -223,7 +235,7 @@ def estimate_resources(dims: Dims, method: str, cfg: Any) -> Estimate:
         "volumes": int(VOXEL * v + VOXEL_COIL * v * c),
         "kspace": int(KSPACE * k),
         "parameters": 16 * params,
-        "batch": batch_size(dims, cfg) * batch_bytes_per_x(dims, cfg),
+        "batch": batch_size(dims, cfg) * batch_bytes_per_x(dims, cfg) + batch_chunk_bytes(cfg),
     }
     epochs = max(int(getattr(cfg, "epochs", 1) or 1), 1)
     iterations = max(epochs, int(getattr(cfg, "iterations", 0) or 0))

@@ -21,6 +21,7 @@ import torch
 
 from qmapinr.recon.kspace import SequenceParams
 from qmapinr.recon.physics.fft import centred_line_phase, fftc
+from qmapinr.recon.physics.history import transient_corrections
 from qmapinr.recon.physics.linop import LinearOperator
 from qmapinr.recon.physics.product import product_lines
 from qmapinr.recon.physics.signal import echo_factors, prep_coefficients, signal, steady_state_terms
@@ -103,18 +104,37 @@ def qn_basis(seq: SequenceParams, rank: int, t1_range_ms: tuple[float, float] = 
     return torch.from_numpy(v.astype(np.float32)), float(err.max())
 
 
-def structured_basis(v: torch.Tensor, ntau: int) -> torch.Tensor:
-    """Temporal basis ``(ntau, nseg, 1 + ntau*K)`` of ``1 - c_tau q^n``: atom 0 = 1, atom 1+t*K+k = -V_k(n) at tau t."""
+def structured_basis(v: torch.Tensor, ntau: int, corrections: dict[int, tuple[int, torch.Tensor]] | None = None
+                     ) -> torch.Tensor:
+    """Temporal basis ``(ntau, nseg, natoms)`` of ``1 - c_tau q^n``: atom 0 = 1, atom 1+i*K+k = -V_k(n) at the
+    i-th group with its own atoms.
+
+    ``corrections`` (:func:`~qmapinr.recon.physics.history.transient_corrections`): a transient group ``g``
+    with an entry ``(s, W_g)`` has no atoms of its own; it uses the atoms of its steady group ``s`` plus
+    ``-W_g`` (``K'`` atoms after all the per-group ones, in ascending ``g``), so
+    ``1 - c_g q^n = 1 - c_s q^n - (c_g - c_s) q^n``.
+    """
+    corrections = corrections or {}
     k, nseg = v.shape
-    basis = torch.zeros(ntau, nseg, 1 + ntau * k, dtype=v.dtype)
+    full = [g for g in range(ntau) if g not in corrections]
+    ncorr = sum(w.shape[0] for _, w in corrections.values())
+    basis = torch.zeros(ntau, nseg, 1 + len(full) * k + ncorr, dtype=v.dtype)
     basis[:, :, 0] = 1.0
-    for t in range(ntau):
-        basis[t, :, 1 + t * k: 1 + (t + 1) * k] = -v.T
+    slot = {g: 1 + i * k for i, g in enumerate(full)}
+    for g in full:
+        basis[g, :, slot[g]: slot[g] + k] = -v.T
+    pos = 1 + len(full) * k
+    for g in sorted(corrections):
+        s, w = corrections[g]
+        basis[g, :, slot[s]: slot[s] + k] = -v.T
+        basis[g, :, pos: pos + w.shape[0]] = -w.T.to(v.dtype)
+        pos += w.shape[0]
     return basis
 
 
 class StructuredForward:
-    """Low-rank physics forward: maps + coil sensitivities -> k-space lines, 1 + K*ntau FFTs per coil and echo.
+    """Low-rank physics forward: maps + coil sensitivities -> k-space lines, 1 + K*ntau FFTs per coil and echo
+    (fewer with transient line groups: ``K'`` instead of ``K`` per corrected group, :func:`structured_basis`).
 
     ``S(n, tau) = h ss [1 - c_tau q^n]`` with ``q^n ~= sum_k alpha_k V_k(n)``, ``alpha = V q^n``.
     """
@@ -124,17 +144,31 @@ class StructuredForward:
         self.seq = seq
         v, self.basis_error = qn_basis(seq, rank)
         self.v = v.to(device)
-        basis = structured_basis(v, seq.ntau).to(device)
+        corr = transient_corrections(seq, rank)
+        self.full = torch.tensor([g for g in range(seq.ntau) if g not in corr], dtype=torch.int64, device=device)
+        order = sorted(corr)
+        self.corr = (torch.tensor(order, dtype=torch.int64, device=device),
+                     torch.tensor([corr[g][0] for g in order], dtype=torch.int64, device=device),
+                     torch.tensor([corr[g][1].shape[0] for g in order], dtype=torch.int64, device=device),
+                     torch.cat([corr[g][1] for g in order]).to(device)) if corr else None
+        basis = structured_basis(v, seq.ntau, corr).to(device)
         self.op = LineSubspaceOp(basis, *(torch.as_tensor(a, device=device) for a in (ky, kz, seg, tau)),
                                  shape_zy)
         self.n = torch.arange(seq.nseg, dtype=torch.float32, device=device)
 
     def coefficient_images(self, maps: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-voxel ``(h*ss) (..., nte)`` and recovery coefficients ``(..., 1 + ntau*K)``; voxel dims ``(...)``."""
+        """Per-voxel ``(h*ss) (..., nte)`` and recovery coefficients ``(..., natoms)``; voxel dims ``(...)``."""
         ss, q = steady_state_terms(maps["T1"], self.seq)
         c = prep_coefficients(maps["T1"], maps["T2"], self.seq)  # (..., ntau)
-        alpha = (q[..., None] ** self.n) @ self.v.T  # (..., K)
-        rec = torch.cat([torch.ones_like(q)[..., None], (c[..., :, None] * alpha[..., None, :]).flatten(-2)], -1)
+        qn = q[..., None] ** self.n
+        alpha = qn @ self.v.T  # (..., K)
+        own = c if self.corr is None else c.index_select(-1, self.full)
+        parts = [torch.ones_like(q)[..., None], (own[..., :, None] * alpha[..., None, :]).flatten(-2)]
+        if self.corr is not None:  # transient groups: (c_g - c_s) times the projection of q^n on W_g
+            groups, steady, counts, w = self.corr
+            delta = c.index_select(-1, groups) - c.index_select(-1, steady)
+            parts.append((qn @ w.T) * delta.repeat_interleave(counts, dim=-1))
+        rec = torch.cat(parts, -1)
         h = echo_factors(maps["A"], maps["T2star"], maps["Phase0"], maps["B0"], self.seq) * ss[..., None]
         return h, rec
 

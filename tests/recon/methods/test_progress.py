@@ -5,7 +5,13 @@ from __future__ import annotations
 import dataclasses
 
 from qmapinr.recon.config import SummitConfig
-from qmapinr.recon.methods.budget import Dims, batch_bytes_per_x, batch_size, estimate_resources
+from qmapinr.recon.methods.budget import (
+    Dims,
+    batch_bytes_per_x,
+    batch_chunk_bytes,
+    batch_size,
+    estimate_resources,
+)
 from qmapinr.recon.methods.progress import Progress, ThrottledProgress
 
 
@@ -47,7 +53,9 @@ def test_batch_size_is_capped_by_the_memory_budget():
     paper = Dims(128, 128, 40, 24, nte=3, nseg=128, ntau=5, nlines=12800)
     cfg = SummitConfig()
     per_x = batch_bytes_per_x(paper, cfg)
-    assert per_x == int(24 * 3 * 41 * 40 * 128 * 8 * 4.0)
+    assert per_x == int((24 * 3 + 41) * 40 * 128 * 8 * 4.0)  # images + atoms; the volume is chunked
+    exact = dataclasses.replace(cfg, forward="exact")
+    assert batch_bytes_per_x(paper, exact) == int(24 * 3 * 5 * 128 * 40 * 128 * 8 * 4.0)
     budget = dataclasses.replace(cfg, memory_budget_mb=2.5 * per_x / 2**20)
     assert batch_size(paper, budget) == 2
     assert batch_size(paper, dataclasses.replace(cfg, memory_budget_mb=1.0)) == 1  # never below 1
@@ -55,4 +63,4 @@ def test_batch_size_is_capped_by_the_memory_budget():
     small = Dims(32, 32, 8, 4, nte=3, nseg=32, ntau=4, nlines=256)
     assert batch_size(small, cfg) == cfg.batch_x  # small scans keep the configured batch
     est = estimate_resources(paper, "summit", budget)
-    assert est.parts["batch"] == 2 * per_x
+    assert est.parts["batch"] == 2 * per_x + batch_chunk_bytes(budget)

@@ -135,3 +135,31 @@ def test_forward_reproduces_simulated_file(order):
     sens = torch.from_numpy(ph.sens).permute(3, 0, 1, 2)
     pred = fwd(maps, sens)
     assert float((pred - hyb).norm() / hyb.norm()) < 1e-4
+
+
+def test_transient_groups_use_low_rank_corrections_of_their_steady_group():
+    """A scan whose first shots are transient: each such group gets K' < K correction atoms on top of its steady
+    group's (physics.history.transient_corrections), and the lines equal those of per-group atoms to 1e-5."""
+    from qmapinr.recon.physics.history import transient_corrections, with_shot_groups
+    from qmapinr.recon.sim.simulate import SimulationConfig, simulate
+
+    ks, _ = simulate(SimulationConfig(shape=(8, 16, 16), ncoils=2, R=2, snr=None, seed=3, nseg=4,
+                                      prep_loop_order="shot-outer"))
+    ks = with_shot_groups(ks)
+    groups = ks.seq.prep_groups
+    assert groups is not None and min(groups.group_shot) < 0 < max(groups.group_shot)  # steady and transient
+    corr = transient_corrections(ks.seq, 8)
+    assert corr and all(0 < w.shape[0] < 8 for _, w in corr.values())
+    nx, ny, nz = ks.geometry.matrix
+    fwd = StructuredForward(ks.seq, ks.ky, ks.kz, ks.seg, ks.tau, (nz, ny), rank=8)
+    assert fwd.op.natoms < 1 + 8 * ks.seq.ntau
+    per_group = StructuredForward(ks.seq, ks.ky, ks.kz, ks.seg, ks.tau, (nz, ny), rank=8)
+    per_group.corr, per_group.full = None, torch.arange(ks.seq.ntau)
+    per_group.op = LineSubspaceOp(structured_basis(per_group.v, ks.seq.ntau), *(torch.as_tensor(a) for a in
+                                  (ks.ky, ks.kz, ks.seg, ks.tau)), (nz, ny))
+    maps = _maps(2, nz, ny)
+    sens = torch.randn(2, 2, nz, ny, dtype=torch.complex64, generator=torch.Generator().manual_seed(4))
+    a, b = fwd(maps, sens), per_group(maps, sens)
+    assert float((a - b).norm() / b.norm()) < 1e-5
+    exact = ExactForward(ks.seq, ks.ky, ks.kz, ks.seg, ks.tau, (nz, ny))(maps, sens)
+    assert float((a - exact).norm() / exact.norm()) < 2e-4
