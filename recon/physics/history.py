@@ -67,14 +67,19 @@ def shot_sequence(tau: np.ndarray, seg: np.ndarray, acq_order: np.ndarray) -> tu
     return shot, t[new]
 
 
+def tissue_grid(n_grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 T1, T2 ``(n_grid**2,)`` (ms): the log-spaced :data:`TISSUE_T1_MS` x :data:`TISSUE_T2_MS` grid."""
+    t1, t2 = np.meshgrid(np.geomspace(*TISSUE_T1_MS, n_grid), np.geomspace(*TISSUE_T2_MS, n_grid))
+    return torch.from_numpy(t1.ravel()), torch.from_numpy(t2.ravel())
+
+
 def transient_deviation(seq: SequenceParams, shot_tau: np.ndarray, n_grid: int = 16) -> np.ndarray:
     """float64 ``(nshots,)``: largest ``|c_shot - c_tau|`` of every shot over the log-spaced
     :data:`TISSUE_T1_MS` x :data:`TISSUE_T2_MS` grid (``n_grid`` per axis)."""
     shot_tau = np.asarray(shot_tau, dtype=np.int64)
     if seq.prep_loop_order is None or shot_tau.size == 0:
         return np.zeros(shot_tau.size)
-    t1, t2 = np.meshgrid(np.geomspace(*TISSUE_T1_MS, n_grid), np.geomspace(*TISSUE_T2_MS, n_grid))
-    t1, t2 = torch.from_numpy(t1.ravel()), torch.from_numpy(t2.ravel())
+    t1, t2 = tissue_grid(n_grid)
     steady = prep_coefficients(t1, t2, seq)[:, torch.from_numpy(shot_tau)]
     exact = shot_coefficients(t1, t2, seq, shot_tau)
     return (exact - steady).abs().amax(0).numpy()
@@ -169,8 +174,7 @@ def transient_corrections(seq: SequenceParams, max_rank: int, tol: float = CORRE
     if groups is None:
         return {}
     steady = {t: i for i, (t, s) in enumerate(zip(groups.group_tau, groups.group_shot, strict=True)) if s < 0}
-    t1, t2 = np.meshgrid(np.geomspace(*TISSUE_T1_MS, n_grid), np.geomspace(*TISSUE_T2_MS, n_grid))
-    t1, t2 = torch.from_numpy(t1.ravel()), torch.from_numpy(t2.ravel())
+    t1, t2 = tissue_grid(n_grid)
     c = prep_coefficients(t1, t2, seq)  # (grid, groups)
     _, q = steady_state_terms(t1, seq)
     qn = q[:, None] ** torch.arange(seq.nseg, dtype=torch.float64)

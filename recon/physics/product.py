@@ -54,7 +54,7 @@ class _ProductLines(torch.autograd.Function):
         op, cc = ctx.op, ctx.cc
         need_a, need_b = ctx.needs_input_grad[:2]
         ga = torch.zeros_like(a) if need_a else None
-        gb = torch.zeros(b.shape, dtype=torch.result_type(a, b), device=b.device) if need_b else None
+        gb = torch.zeros_like(b) if need_b else None
         bx, ncoil = grad.shape[:2]
         for i in range(bx):
             for c0 in range(0, ncoil, cc):
@@ -65,9 +65,8 @@ class _ProductLines(torch.autograd.Function):
                     part = (g * bi.conj()).sum_to_size(ai.shape)
                     _coil_slice(ga, i, c0, c1).add_(part if a.is_complex() else part.real)
                 if need_b:
-                    _coil_slice(gb, i, c0, c1).add_((g * ai.conj()).sum_to_size(bi.shape))
-        if gb is not None and not b.is_complex():
-            gb = gb.real.contiguous()
+                    part = (g * ai.conj()).sum_to_size(bi.shape)
+                    _coil_slice(gb, i, c0, c1).add_(part if b.is_complex() else part.real)
         return ga, gb, None, None
 
 
