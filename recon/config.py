@@ -28,6 +28,7 @@ CoilMode = Literal["inr", "jsense", "ratio"]
 ForwardModel = Literal["structured", "exact"]
 InitMode = Literal["echo", "dictionary", "flat"]
 DeviceName = Literal["auto", "cpu", "cuda"]
+CoilCompression = Literal["global", "geometric"]
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,9 @@ class SummitConfig:
     The schedule keeps the paper's shape (Adam, lr halved every 20 epochs, WNNM switched on half-way as in the
     authors' related code) but starts at lr 1e-2: a small volume gives ~10 Adam steps per epoch instead of the
     paper's hundreds, and 1e-3 does not converge in 60 epochs (BENCHMARKS.md). The WNNM lambdas are relative to
-    the initial data-consistency loss. Learning rate per Adam step, ``lr_step`` and ``wnnm_start_epoch`` in epochs.
+    the initial data-consistency loss. Learning rate per Adam step, ``lr_step`` and ``wnnm_start_epoch`` in epochs
+    of ``schedule_steps_per_epoch`` steps: a volume with longer epochs (more readout positions per ``batch_x``)
+    runs the schedule shortened to the same number of steps (:mod:`qmapinr.recon.methods.schedule`).
     """
 
     epochs: int = 60
@@ -100,7 +103,15 @@ class SummitConfig:
     coil_refine_iters: int = 8  # JSENSE alternations of the coil-map estimate
     forward: ForwardModel = "structured"  # "structured" (rank-K q^n subspace) or "exact"
     rank: int = 8
-    virtual_coils: int = 0  # 0 = no coil compression
+    # SVD coil compression (calibration/compression.py): virtual_coils > 0 keeps that many eigen-coils; otherwise,
+    # with coil_energy > 0, the fewest that keep this fraction of the data energy, at least min_virtual_coils (data
+    # with at most min_virtual_coils coils are not compressed); "geometric" = one matrix per readout position x,
+    # aligned along x (keeps more energy per virtual coil), "global" = one matrix for the scan. Off by default:
+    # at paper size either mode sent the T2 of the long-T2 bath to its clamp (docs/benchmarks/epoch.md, round 7)
+    virtual_coils: int = 0
+    coil_energy: float = 0.0
+    min_virtual_coils: int = 8
+    coil_compression: CoilCompression = "geometric"
     lambda_a: float = 0.01  # WNNM weight on A (relative to the initial data-consistency loss; 0 = off)
     lambda_t1_phase: float = 0.01  # WNNM weight on T1 and the phase (B0) map
     lambda_t2: float = 0.01  # WNNM weight on T2 and T2*
@@ -120,6 +131,10 @@ class SummitConfig:
     # the T2* head stays at its data-driven prior (the echo fit) for this many epochs while T1/T2 contrast is learnt:
     # before, shared-feature drift pushed T2* towards its 3000 ms bound in the first epochs (summit/model.py)
     t2star_hold_epochs: int = 10
+    # the epoch-valued fields (epochs, lr_step, wnnm_start_epoch, t2star_hold_epochs, coarse_to_fine_epochs) are for
+    # epochs of this many Adam steps; a volume whose epoch has more steps (nx / batch_x) runs them shortened in
+    # proportion, i.e. with the same number of steps (recon/methods/schedule.py; 0 = epochs as given)
+    schedule_steps_per_epoch: int = 16
     plateau_rel: float = 0.0  # stop when the epoch DC loss improves by less than this fraction (0 = off)
     seed: int = 0
     device: DeviceName = "auto"  # "auto" (cuda if available), "cpu", "cuda"

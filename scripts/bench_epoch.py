@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from qmapinr.recon.config import SummitConfig
+from qmapinr.recon.config import SummitConfig, from_properties
 from qmapinr.recon.methods.summit.initial import InitialMaps
 from qmapinr.recon.methods.summit.solver import (
     Prepared,
@@ -79,7 +79,8 @@ def run_size(shape, coils: int, a) -> dict:
     cfg = SummitConfig(epochs=a.epochs, coil_mode="ratio", wnnm_start_epoch=0 if a.wnnm else 10**6, seed=0,
                        **extra)
     if a.quality:
-        cfg = SummitConfig(seed=0, threads=a.threads, **extra)
+        props = dict(kv.split("=", 1) for kv in a.set)
+        cfg = dataclasses.replace(from_properties(SummitConfig, props), seed=0, threads=a.threads, **extra)
         t0 = time.perf_counter()
         out = summit_recon(ks, cfg)
         from qmapinr.recon.evaluation.metrics import score
@@ -118,6 +119,8 @@ def main() -> None:
     ap.add_argument("--wnnm", action="store_true", help="WNNM on from the first epoch")
     ap.add_argument("--profile", action="store_true", help="cProfile the timed epochs (top 18 by own time)")
     ap.add_argument("--quality", action="store_true", help="full summit_recon with defaults, NRMSE vs truth")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="with --quality: a SummitConfig property (repeatable), e.g. --set coil_energy=0.95")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     print(f"preset {a.preset}, phantom {a.phantom}, R={a.R}, {a.epochs} epoch(s), {a.threads} thread(s), "

@@ -8,6 +8,7 @@ when it is importable (``map_grid.implementation='auto'``).
     python scripts/bench_paper_gpu.py [--epochs 5] [--shape 40,128,128] [--coils 24] [--tcnn auto|torch|tcnn]
     python scripts/bench_paper_gpu.py --device cpu --epochs 2      # the same stages on the CPU, peak RSS
     ... --virtual-coils 12 --cache /tmp/paper.pkl                    # SVD coil compression; reuse the simulation
+    ... --epochs 60 --coil-energy 0.95                              # compression by energy; 60 epochs of 16 steps
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ import resource
 import sys
 import time
 
+import numpy as np
 import torch
 
 from qmapinr.gadgets.threads import session_config
 from qmapinr.recon.config import SummitConfig
 from qmapinr.recon.evaluation.metrics import score
+from qmapinr.recon.methods.schedule import step_schedule
 from qmapinr.recon.methods.summit.solver import (
     SummitLoss,
     build_field,
@@ -47,6 +50,11 @@ def main() -> int:
     ap.add_argument("--tcnn", default="auto", choices=("auto", "torch", "tcnn"))
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     ap.add_argument("--virtual-coils", type=int, default=0, help="SVD coil compression to this many (0 = off)")
+    ap.add_argument("--coil-energy", type=float, default=None,
+                    help="SVD coil compression to the fewest eigen-coils keeping this energy (default: the config's)")
+    ap.add_argument("--no-step-schedule", action="store_true",
+                    help="epochs as given (schedule_steps_per_epoch 0) instead of shortened to the reference steps")
+    ap.add_argument("--save", default="", help="write the maps, the truth, the mask and the labels to this .npz")
     ap.add_argument("--cache", default="", help="pickle of the simulated scan: read if present, else written")
     a = ap.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
@@ -81,6 +89,10 @@ def run(a) -> int:
     times["simulate (CPU)" if not a.cache else "simulate or read the cache (CPU)"] = time.perf_counter() - t0
     base = SummitConfig(device=a.device, epochs=a.epochs, batch_x=a.batch_x, memory_budget_mb=a.memory_budget_mb,
                         virtual_coils=a.virtual_coils)
+    if a.coil_energy is not None:
+        base = dataclasses.replace(base, coil_energy=a.coil_energy)
+    if a.no_step_schedule:
+        base = dataclasses.replace(base, schedule_steps_per_epoch=0)
     cfg = dataclasses.replace(base, map_grid=dataclasses.replace(base.map_grid, implementation=a.tcnn))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -90,6 +102,9 @@ def run(a) -> int:
     t0 = time.perf_counter()
     prep = prepare(ks, cfg)
     cfg = dataclasses.replace(cfg, batch_x=resolve_batch_x(prep.kspace, cfg))
+    cfg, note = step_schedule(cfg, shape[2], cfg.batch_x)  # as run_inr does
+    if note:
+        print(note)
     sync()
     times["prepare (coil maps, init)"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -120,6 +135,10 @@ def run(a) -> int:
         print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     print("data-consistency loss per epoch:", ", ".join(f"{v:.4g}" for v in res.history))
     s = score(out.maps, ph.maps, ph.labels, ph.label_names, out.mask & ph.mask)
+    if a.save:
+        np.savez_compressed(a.save, mask=out.mask, truth_mask=ph.mask, labels=ph.labels,
+                            **{f"est_{k}": v for k, v in out.maps.items()},
+                            **{f"true_{k}": np.asarray(v) for k, v in ph.maps.items()})
     print("NRMSE after", n, "epochs:", ", ".join(f"{k} {v:.4f}" for k, v in s.nrmse_mask.items()))
     return 0
 

@@ -1,4 +1,4 @@
-"""Coil sensitivity estimation and SVD coil compression from sampled k-space lines.
+"""Coil sensitivity estimation from sampled k-space lines (coil compression: :mod:`.compression`).
 
 * :func:`estimate_coil_maps` — low-resolution ratio maps: the echo-0 samples of each (ky, kz) location,
   taken at different (tau, n), combined by a sign-aware least-squares fit to the typical recovery curve
@@ -7,7 +7,6 @@
   ``method="walsh"`` instead takes, per voxel, the dominant eigenvector of the coil covariance of the same
   low-resolution images in a small neighbourhood (Walsh et al., MRM 2000) — an eigen method that needs no
   division and degrades gracefully where the image is dark.
-* :func:`coil_compress` — SVD (PCA) coil compression of all lines; unitary at ``n_virtual = coils``.
 
 Why not a plain average over (tau, n): each location is sampled at most once per tau at a random n, and the
 frames differ strongly (the inversion flips the sign of early frames), so a plain average weights the
@@ -18,7 +17,6 @@ tiny test object: median alignment with the true maps 0.91 with a plain mean, 0.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import numpy as np
@@ -213,34 +211,3 @@ def _walsh(img: np.ndarray, radius: int) -> np.ndarray:
         v = v * np.exp(1j * np.angle(proj))[..., None]
         out[..., x0] = np.moveaxis(v, -1, 0)
     return out
-
-
-def coil_compress(kspace: KSpace6D, n_virtual: int) -> tuple[KSpace6D, np.ndarray]:
-    """SVD coil compression.
-
-    The coil covariance of all sampled lines (all echoes) is diagonalised; the ``n_virtual`` strongest
-    eigen-coils are kept.
-
-    Returns
-    -------
-    The compressed :class:`KSpace6D` (noise compressed too) and the complex64 compression matrix
-    ``(n_virtual, C)`` with orthonormal rows (``data_v = matrix @ data``).
-    """
-    c = kspace.ncoils
-    if not 1 <= n_virtual <= c:
-        raise ValueError(f"n_virtual={n_virtual} must be in 1..{c}")
-    d = torch.from_numpy(np.ascontiguousarray(kspace.data)).reshape(c, -1).to(torch.complex128)
-    cov = d @ d.conj().T
-    w, v = torch.linalg.eigh(cov)  # ascending
-    mat = v[:, torch.argsort(w, descending=True)[:n_virtual]].conj().T  # (n_virtual, C)
-    kept = float(w.sort(descending=True).values[:n_virtual].sum() / w.sum().clamp(min=1e-300))
-    log.info("coil compression %d -> %d keeps %.4f of the energy", c, n_virtual, kept)
-    m64 = mat.to(torch.complex64)
-    data = (m64 @ torch.from_numpy(np.ascontiguousarray(kspace.data)).reshape(c, -1)).reshape(
-        (n_virtual,) + kspace.data.shape[1:])
-    noise = None
-    if kspace.noise is not None:
-        noise = (m64 @ torch.from_numpy(kspace.noise.astype(np.complex64))).numpy()
-    meta = dict(kspace.meta, coil_compression={"n_virtual": n_virtual, "energy_kept": kept})
-    out = dataclasses.replace(kspace, data=data.numpy(), noise=noise, meta=meta)
-    return out, m64.numpy()

@@ -28,6 +28,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from qmapinr.recon.methods.schedule import step_schedule
 from qmapinr.recon.physics.product import CPU_CHUNK_BYTES
 
 MiB = 1 << 20
@@ -237,6 +238,8 @@ def estimate_resources(dims: Dims, method: str, cfg: Any) -> Estimate:
         "parameters": 16 * params,
         "batch": batch_size(dims, cfg) * batch_bytes_per_x(dims, cfg) + batch_chunk_bytes(cfg),
     }
+    if hasattr(cfg, "schedule_steps_per_epoch"):  # the epochs the run will do (recon/methods/schedule.py)
+        cfg = step_schedule(cfg, dims.nx, batch_size(dims, cfg))[0]
     epochs = max(int(getattr(cfg, "epochs", 1) or 1), 1)
     iterations = max(epochs, int(getattr(cfg, "iterations", 0) or 0))
     seconds = T0 + T_PREP * v * c + iterations * (T_EPOCH * v * c + T_LINE * k / 8)

@@ -33,7 +33,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from qmapinr.recon.calibration.coilmaps import coil_compress, estimate_coil_maps
+from qmapinr.recon.calibration.coilmaps import estimate_coil_maps
+from qmapinr.recon.calibration.compression import coil_compress
 from qmapinr.recon.calibration.jsense import refine_coil_maps
 from qmapinr.recon.config import DictionaryFitConfig
 from qmapinr.recon.kspace import KSpace6D, QuantMaps

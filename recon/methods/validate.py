@@ -166,7 +166,8 @@ def validate_summit(cfg: SummitConfig, kspace: KSpace6D) -> tuple[SummitConfig, 
     seq = kspace.seq
     ints = {"epochs": 0, "lr_step": 1, "batch_x": 1, "hidden": 1, "layers": 1, "rank": 1, "virtual_coils": 0,
             "coil_refine_iters": 0, "wnnm_start_epoch": 0, "wnnm_patch": 1, "wnnm_window": 1, "wnnm_similar": 1,
-            "coarse_to_fine_epochs": 0, "t2star_hold_epochs": 0, "threads": 0}
+            "coarse_to_fine_epochs": 0, "t2star_hold_epochs": 0, "threads": 0, "min_virtual_coils": 1,
+            "schedule_steps_per_epoch": 0}
     for name, low in ints.items():
         v = getattr(cfg, name)
         p.require(isinstance(v, int) and not isinstance(v, bool) and v >= low, name, v, f"must be an integer >= {low}")
@@ -177,6 +178,8 @@ def validate_summit(cfg: SummitConfig, kspace: KSpace6D) -> tuple[SummitConfig, 
     for name in ("lambda_a", "lambda_t1_phase", "lambda_t2"):
         v = getattr(cfg, name)
         p.require(_finite_number(v) and v >= 0, name, v, "must be >= 0 (0 switches that WNNM group off)")
+    p.require(_finite_number(cfg.coil_energy) and 0 <= cfg.coil_energy <= 1, "coil_energy", cfg.coil_energy,
+              "must be in [0, 1] (a fraction of the data energy; 0 = no compression by energy)")
     p.require(_finite_number(cfg.plateau_rel) and 0 <= cfg.plateau_rel < 1, "plateau_rel", cfg.plateau_rel,
               "must be in [0, 1) (0 = off)")
     p.require(cfg.wnnm_window % 2 == 1, "wnnm_window", cfg.wnnm_window, "must be odd (e.g. 7)")

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from qmapinr.recon.calibration.coilmaps import coil_compress, estimate_coil_maps
+from qmapinr.recon.calibration.coilmaps import estimate_coil_maps
+from qmapinr.recon.calibration.compression import compress_as_configured
 from qmapinr.recon.calibration.jsense import refine_coil_maps
 from qmapinr.recon.calibration.noise import estimate_sigma_from_noise_scan
 from qmapinr.recon.config import SummitConfig
@@ -39,6 +40,7 @@ from qmapinr.recon.methods.loop import (  # noqa: F401  (re-exported: the loop's
     pick_device,
 )
 from qmapinr.recon.methods.progress import Progress, ProgressCallback
+from qmapinr.recon.methods.schedule import step_schedule
 from qmapinr.recon.methods.summit.initial import InitialMaps, initial_maps
 from qmapinr.recon.methods.summit.model import SummitField
 from qmapinr.recon.methods.validate import check_maps, check_support, validate
@@ -164,7 +166,7 @@ class Prepared:
 
     Attributes
     ----------
-    kspace : the measurement (coil-compressed when ``cfg.virtual_coils`` asks for it).
+    kspace : the measurement (coil-compressed when ``cfg.virtual_coils`` / ``cfg.coil_energy`` ask for it).
     hybrid : complex64 ``(nx, C, nte, nlines)`` lines after the readout IFFT, divided by ``scale``.
     scale : data scale (max |hybrid| before normalisation).
     sigma : noise std of the pre-scan in normalised units, or None.
@@ -209,8 +211,8 @@ def prepare(kspace: KSpace6D, cfg: SummitConfig) -> Prepared:
     device = pick_device(cfg.device)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    if cfg.virtual_coils and cfg.virtual_coils < kspace.ncoils:
-        kspace, _ = coil_compress(kspace, cfg.virtual_coils)
+    kspace = compress_as_configured(kspace, cfg.virtual_coils, cfg.coil_energy, cfg.min_virtual_coils,
+                                    cfg.coil_compression)
     sens = estimate_sensitivities(kspace, cfg)  # (C, nz, ny, nx)
     timings["coil_maps_s"] = time.perf_counter() - t_start
     hybrid = readout_ifft(kspace)  # (nx, C, nte, nlines)
@@ -323,6 +325,10 @@ def run_inr(kspace: KSpace6D, cfg: SummitConfig, method: str,
     prep = prepare(kspace, cfg)
     check_support(prep.mask, prep.kspace)
     cfg = dataclasses.replace(cfg, batch_x=resolve_batch_x(prep.kspace, cfg))
+    cfg, note = step_schedule(cfg, prep.kspace.geometry.matrix[0], cfg.batch_x)
+    if note:
+        log.info("%s: %s", method, note)
+        warnings = warnings + [note]
     model = make_model(prep, cfg)
     loss = make_loss(prep, cfg, model)
     if parallel is not None:
@@ -338,7 +344,8 @@ def run_inr(kspace: KSpace6D, cfg: SummitConfig, method: str,
         extras(InrRun(prep, model, loss), cfg, out)
     timings["total_s"] = time.perf_counter() - t_start - timings.pop("callback_s")
     out.info.update({"history": result.history, "timings": timings, "scale": prep.scale, "config": cfg,
-                     "sigma_noise": prep.sigma, "warnings": warnings})
+                     "sigma_noise": prep.sigma, "warnings": warnings,
+                     "coil_compression": prep.kspace.meta.get("coil_compression")})
     check_maps(out, method)
     report(Progress("done", timings["total_s"]))
     return out

@@ -1,11 +1,11 @@
-"""Coil-map estimation, JSENSE refinement and coil compression (recon/baselines/coilmaps.py, jsense.py)."""
+"""Coil-map estimation and JSENSE refinement (recon/calibration/coilmaps.py, jsense.py)."""
 
 import numpy as np
 import pytest
 import torch
 from synthetic import tiny_dataset  # tests/helpers
 
-from qmapinr.recon.calibration.coilmaps import calibration_box, coil_compress, estimate_coil_maps
+from qmapinr.recon.calibration.coilmaps import calibration_box, estimate_coil_maps
 from qmapinr.recon.calibration.jsense import refine_coil_maps
 from qmapinr.recon.physics.dictionary import default_dictionary
 
@@ -62,20 +62,3 @@ def test_calibration_box():
     assert calibration_box(count) == (5, 9)
     assert calibration_box(count, (3, 5)) == (3, 5)
     assert calibration_box(np.zeros((6, 16), dtype=int)) == (0, 0)
-
-
-def test_coil_compress_exact_and_energy(tiny):
-    ks = tiny.kspace
-    full, mat = coil_compress(ks, ks.ncoils)
-    assert mat.shape == (ks.ncoils, ks.ncoils)
-    np.testing.assert_allclose(mat @ mat.conj().T, np.eye(ks.ncoils), atol=1e-5)
-    back = np.tensordot(mat.conj().T, full.data, axes=(1, 0))
-    np.testing.assert_allclose(back, ks.data, atol=1e-5 * np.abs(ks.data).max())
-    e_in = np.sum(np.abs(ks.data) ** 2)
-    energies = [np.sum(np.abs(coil_compress(ks, n)[0].data) ** 2) for n in (1, 2, 3, 4)]
-    assert np.all(np.diff(energies) >= 0) and energies[0] > 0.25 * e_in
-    np.testing.assert_allclose(energies[-1], e_in, rtol=1e-5)
-    two, _ = coil_compress(ks, 2)
-    assert two.data.shape == (2,) + ks.data.shape[1:] and two.meta["coil_compression"]["n_virtual"] == 2
-    with pytest.raises(ValueError):
-        coil_compress(ks, 0)

@@ -64,3 +64,11 @@ def test_batch_size_is_capped_by_the_memory_budget():
     assert batch_size(small, cfg) == cfg.batch_x  # small scans keep the configured batch
     est = estimate_resources(paper, "summit", budget)
     assert est.parts["batch"] == 2 * per_x + batch_chunk_bytes(budget)
+
+
+def test_time_estimate_counts_the_epochs_of_the_step_schedule():
+    paper = Dims(128, 128, 40, 24, nte=3, nseg=128, ntau=5, nlines=12800)  # 32 steps per epoch at batch_x 4
+    cfg = SummitConfig()
+    as_given = estimate_resources(paper, "summit", dataclasses.replace(cfg, schedule_steps_per_epoch=0))
+    halved = estimate_resources(paper, "summit", dataclasses.replace(cfg, schedule_steps_per_epoch=0, epochs=30))
+    assert estimate_resources(paper, "summit", cfg).seconds == halved.seconds < as_given.seconds

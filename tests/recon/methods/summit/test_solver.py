@@ -70,3 +70,14 @@ def test_runs_on_cuda(tiny_kspace):
     ks, _ = tiny_kspace
     out = summit_recon(ks, dataclasses.replace(TINY, epochs=1, device="cuda"))
     assert np.isfinite(out.maps["T1"]).all()
+
+
+def test_long_epochs_shorten_the_schedule_and_coil_energy_compresses(tiny_kspace):
+    ks, _ = tiny_kspace  # nx 16, 2 coils
+    cfg = dataclasses.replace(TINY, epochs=4, batch_x=2, schedule_steps_per_epoch=4, coil_energy=0.5,
+                              min_virtual_coils=1)
+    out = summit_recon(ks, cfg)  # 8 steps per epoch against a reference of 4: half the epochs
+    assert out.info["timings"]["epochs_run"] == 2 and out.info["config"].epochs == 2
+    assert any("schedule shortened" in w for w in out.info["warnings"])
+    assert out.info["coil_compression"]["n_virtual"] == 1  # 2 coils, half the energy: the strongest eigen-coil
+    assert all(np.isfinite(v).all() for v in out.maps.values())
