@@ -11,6 +11,8 @@
   Procrustes to the neighbour, from the strongest x outwards, as in the paper) so that the virtual
   sensitivities stay smooth along x; the result is transformed back along x, so it is an ordinary
   :class:`KSpace6D` with ``n_virtual`` coils and every later stage (coil maps, JSENSE, the coil INR) is unchanged.
+  SUMMIT does not compress by default: at paper size both modes left the long-T2 bath at the T2 clamp and A
+  ~10 % low (epoch.md, round 7; cause open).
 * :func:`compress_as_configured` — what a method config asks for (``virtual_coils``, ``coil_energy``,
   ``min_virtual_coils``, ``coil_compression``).
 
