@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from qmapinr.gadgets.threads import session_config
-from qmapinr.recon.config import SummitConfig
+from qmapinr.recon.config import SummitConfig, from_properties
 from qmapinr.recon.evaluation.metrics import score
 from qmapinr.recon.methods.schedule import step_schedule
 from qmapinr.recon.methods.summit.solver import (
@@ -54,6 +54,8 @@ def main() -> int:
                     help="SVD coil compression to the fewest eigen-coils keeping this energy (default: the config's)")
     ap.add_argument("--no-step-schedule", action="store_true",
                     help="epochs as given (schedule_steps_per_epoch 0) instead of shortened to the reference steps")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a SummitConfig property (repeatable), e.g. --set coil_mode=jsense")
     ap.add_argument("--save", default="", help="write the maps, the truth, the mask and the labels to this .npz")
     ap.add_argument("--cache", default="", help="pickle of the simulated scan: read if present, else written")
     a = ap.parse_args()
@@ -89,6 +91,10 @@ def run(a) -> int:
     times["simulate (CPU)" if not a.cache else "simulate or read the cache (CPU)"] = time.perf_counter() - t0
     base = SummitConfig(device=a.device, epochs=a.epochs, batch_x=a.batch_x, memory_budget_mb=a.memory_budget_mb,
                         virtual_coils=a.virtual_coils)
+    if a.set:  # top-level fields, parsed as chain properties
+        sets = dict(kv.split("=", 1) for kv in a.set)
+        parsed = from_properties(SummitConfig, sets)
+        base = dataclasses.replace(base, **{k: getattr(parsed, k) for k in sets})
     if a.coil_energy is not None:
         base = dataclasses.replace(base, coil_energy=a.coil_energy)
     if a.no_step_schedule:
