@@ -113,7 +113,7 @@ def geometric_coil_compress(kspace: KSpace6D, n_virtual: int = 0, energy: float 
     hyb = ifftc(torch.from_numpy(np.ascontiguousarray(kspace.data, dtype=np.complex64)), dims=(-1,))
     nx = hyb.shape[-1]
     planes = hyb.reshape(c, -1, nx).permute(2, 0, 1)  # (nx, C, nte * nlines), a view
-    cov = torch.stack([(p.to(torch.complex128) @ p.to(torch.complex128).conj().T) for p in planes])  # (nx, C, C)
+    cov = torch.stack([q @ q.conj().T for q in (p.to(torch.complex128) for p in planes)])  # (nx, C, C)
     w, v = _eigen(cov)
     e_x = w.sum(-1)
     kept = torch.cumsum(w, -1).sum(0) / e_x.sum().clamp(min=1e-300)  # energy-weighted kept fraction per count

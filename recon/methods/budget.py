@@ -231,15 +231,16 @@ def estimate_resources(dims: Dims, method: str, cfg: Any) -> Estimate:
     v, c = dims.voxels, dims.ncoils
     k = dims.kspace_bytes
     params = inr_parameters(cfg, dims)
+    bx = batch_size(dims, cfg)
     parts = {
         "base": BASE,
         "volumes": int(VOXEL * v + VOXEL_COIL * v * c),
         "kspace": int(KSPACE * k),
         "parameters": 16 * params,
-        "batch": batch_size(dims, cfg) * batch_bytes_per_x(dims, cfg) + batch_chunk_bytes(cfg),
+        "batch": bx * batch_bytes_per_x(dims, cfg) + batch_chunk_bytes(cfg),
     }
     if hasattr(cfg, "schedule_steps_per_epoch"):  # the epochs the run will do (recon/methods/schedule.py)
-        cfg = step_schedule(cfg, dims.nx, batch_size(dims, cfg))[0]
+        cfg = step_schedule(cfg, dims.nx, bx)[0]
     epochs = max(int(getattr(cfg, "epochs", 1) or 1), 1)
     iterations = max(epochs, int(getattr(cfg, "iterations", 0) or 0))
     seconds = T0 + T_PREP * v * c + iterations * (T_EPOCH * v * c + T_LINE * k / 8)

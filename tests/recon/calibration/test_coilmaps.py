@@ -2,18 +2,10 @@
 
 import numpy as np
 import pytest
-import torch
-from synthetic import tiny_dataset  # tests/helpers
 
 from qmapinr.recon.calibration.coilmaps import calibration_box, estimate_coil_maps
 from qmapinr.recon.calibration.jsense import refine_coil_maps
 from qmapinr.recon.physics.dictionary import default_dictionary
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.set_num_threads(1)
-    return tiny_dataset(matrix=(16, 16, 6), ncoils=4, acceleration=2.0, seed=0)
 
 
 def _alignment(est: np.ndarray, true: np.ndarray) -> np.ndarray:

@@ -2,8 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
-from synthetic import tiny_dataset  # tests/helpers
 
 from qmapinr.recon.calibration.compression import (
     coil_compress,
@@ -11,12 +9,6 @@ from qmapinr.recon.calibration.compression import (
     geometric_coil_compress,
 )
 from qmapinr.recon.physics.fft import ifftc_np
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.set_num_threads(1)
-    return tiny_dataset(matrix=(16, 16, 6), ncoils=4, acceleration=2.0, seed=0)
 
 
 def test_coil_compress_exact_and_energy(tiny):
