@@ -100,6 +100,7 @@ class SummitConfig:
     )
     coil_mode: CoilMode = "inr"  # "ratio" / "jsense" (fixed estimated maps) or "inr" (coil INR from the jsense maps)
     coil_lr_scale: float = 1.0  # learning-rate multiplier of the coil INR
+    coil_keep_rss: bool = False  # coil INR keeps the prior's root-sum-of-squares per voxel (no A-coil trade)
     coil_refine_iters: int = 8  # JSENSE alternations of the coil-map estimate
     forward: ForwardModel = "structured"  # "structured" (rank-K q^n subspace) or "exact"
     rank: int = 8

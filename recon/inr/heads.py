@@ -242,6 +242,10 @@ class CoilINR(nn.Module):
     correction. Without a prior ``sens = net``; then build with ``out_init_scale=None`` (default init) so that
     the initial sensitivities are not ~0.
 
+    ``keep_rss``: rescale the corrected sensitivities per point to the root-sum-of-squares over coils of the
+    prior, ``sens <- sens * rss(prior) / rss(sens)``, so the INR corrects the coil profiles and phases but not
+    their overall magnitude, which the amplitude A would otherwise trade against (the A-coil scale ambiguity).
+
     Parameters
     ----------
     cfg : HashGridConfig
@@ -251,17 +255,19 @@ class CoilINR(nn.Module):
         MLP size (default 2 x 32).
     prior_mode : {"add", "mul"}
     out_init_scale : float or None
+    keep_rss : bool
     n_input_dims, seed : int
     """
 
     def __init__(self, cfg: HashGridConfig, n_coils: int, hidden: int = 32, layers: int = 2,
-                 prior_mode: str = "add", out_init_scale: float | None = 1e-3, n_input_dims: int = 3,
-                 seed: int = 0) -> None:
+                 prior_mode: str = "add", out_init_scale: float | None = 1e-3, keep_rss: bool = False,
+                 n_input_dims: int = 3, seed: int = 0) -> None:
         super().__init__()
         if prior_mode not in ("add", "mul"):
             raise ValueError(f"prior_mode must be 'add' or 'mul', got {prior_mode!r}")
         self.n_coils = n_coils
         self.prior_mode = prior_mode
+        self.keep_rss = keep_rss
         self.encoding = make_encoding(cfg, n_input_dims, seed=seed)
         with _seeded(seed + 1):
             self.mlp = MLP(self.encoding.n_output_dims, 2 * n_coils, hidden, layers,
@@ -275,4 +281,8 @@ class CoilINR(nn.Module):
             return net
         if prior.shape != net.shape:
             raise ValueError(f"coil prior must have shape {tuple(net.shape)}, got {tuple(prior.shape)}")
-        return prior + net if self.prior_mode == "add" else prior * (1 + net)
+        sens = prior + net if self.prior_mode == "add" else prior * (1 + net)
+        if self.keep_rss:
+            rss = lambda s: s.abs().square().sum(-1, keepdim=True).sqrt()  # noqa: E731
+            sens = sens * (rss(prior) / rss(sens).clamp_min(1e-12))
+        return sens

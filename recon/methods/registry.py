@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from qmapinr.recon.calibration.compression import compress_as_configured
 from qmapinr.recon.config import SummitConfig
 from qmapinr.recon.kspace import KSpace6D, QuantMaps
 from qmapinr.recon.methods.lorein.config import LoreinConfig
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 
 #: Maps a method must return for the echo-based field refinement (:func:`~qmapinr.recon.qsm.echoes.field_update`).
 SIGNAL_MAPS = ("A", "T1", "T2", "T2star", "Phase0", "B0")
+#: Coil compression of the field fit (geometric, this energy, at least this many virtual coils; data with fewer
+#: coils are used as they are): its cost is K FFTs per coil, echo and CG step, so 24 coils cost 3x 8.
+FIELD_FIT_ENERGY, FIELD_FIT_MIN_COILS = 0.98, 8
 #: Anatomical maps whose edges weight the TV inversion (MEDI-type, :func:`~qmapinr.recon.qsm.tv.edge_weights`).
 EDGE_MAPS = ("A", "T1", "T2star")
 
@@ -35,8 +39,9 @@ def qsm_field(maps: QuantMaps, kspace: KSpace6D, sens: np.ndarray | None = None)
     """The total field (Hz, ``(nz, ny, nx)``) QSM starts from, and how it was obtained.
 
     With every map of :data:`SIGNAL_MAPS`: the method's B0 plus the per-voxel field correction fitted to the raw
-    lines of all echoes (:func:`~qmapinr.recon.qsm.echoes.field_update`; coil maps ``sens`` or SUMMIT's
-    estimate). An INR's B0 is smooth by construction and misses the voxel-scale dipole detail (QSM from it: 97 %
+    lines of all echoes (:func:`~qmapinr.recon.qsm.echoes.field_update`; coil maps ``sens``, or SUMMIT's
+    estimate on the data compressed to :data:`FIELD_FIT_ENERGY` / at least :data:`FIELD_FIT_MIN_COILS` coils).
+    An INR's B0 is smooth by construction and misses the voxel-scale dipole detail (QSM from it: 97 %
     NRMSE, deep-GM slope 0.0 at R = 4; docs/benchmarks/qsm.md). Otherwise, or if the fit fails: the B0 map.
     """
     b0 = np.asarray(maps.maps["B0"], dtype=np.float32)
@@ -44,6 +49,7 @@ def qsm_field(maps: QuantMaps, kspace: KSpace6D, sens: np.ndarray | None = None)
         return b0, "the method's B0 map (no signal maps for an echo fit)"
     try:
         if sens is None:
+            kspace = compress_as_configured(kspace, 0, FIELD_FIT_ENERGY, FIELD_FIT_MIN_COILS, "geometric")
             sens = estimate_sensitivities(kspace, SummitConfig(threads=torch.get_num_threads())).numpy()
         df, info = field_update(kspace, maps.maps, maps.mask, sens)
     except (ValueError, RuntimeError) as exc:  # a failed refinement must not cost the other maps

@@ -153,6 +153,20 @@ def test_coil_inr_starts_at_prior(mode):
         coil(x, prior[:, :2])
 
 
+def test_coil_inr_keep_rss_changes_profiles_not_their_magnitude():
+    torch.manual_seed(0)
+    coil = CoilINR(COIL_GRID, n_coils=3, out_init_scale=None, keep_rss=True, seed=0)  # large corrections
+    x = _coords(100)
+    g = torch.Generator().manual_seed(4)
+    prior = torch.complex(torch.randn(100, 3, generator=g), torch.randn(100, 3, generator=g))
+    sens = coil(x, prior)
+    rss = lambda s: s.abs().square().sum(-1).sqrt()  # noqa: E731
+    assert torch.allclose(rss(sens), rss(prior), rtol=1e-5)
+    assert (sens - prior).abs().max() > 0.02 * prior.abs().max()  # the profiles did change
+    free = CoilINR(COIL_GRID, n_coils=3, out_init_scale=None, keep_rss=False, seed=0)(x, prior)
+    assert not torch.allclose(rss(free), rss(prior), rtol=1e-2)
+
+
 def test_coil_inr_without_prior_fits_smooth_maps():
     torch.manual_seed(0)
     coil = CoilINR(COIL_GRID, n_coils=2, out_init_scale=None, seed=0)
