@@ -29,6 +29,7 @@ ForwardModel = Literal["structured", "exact"]
 InitMode = Literal["echo", "dictionary", "flat"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 CoilCompression = Literal["global", "geometric"]
+KeepRss = Literal["auto", "on", "off"]
 
 
 @dataclass(frozen=True)
@@ -100,18 +101,22 @@ class SummitConfig:
     )
     coil_mode: CoilMode = "inr"  # "ratio" / "jsense" (fixed estimated maps) or "inr" (coil INR from the jsense maps)
     coil_lr_scale: float = 1.0  # learning-rate multiplier of the coil INR
-    coil_keep_rss: bool = False  # coil INR keeps the prior's root-sum-of-squares per voxel (no A-coil trade)
+    # coil INR keeps the prior's root-sum-of-squares per voxel (no A-coil scale trade); "auto" = on when the data
+    # were coil-compressed (measured better there, worse on uncompressed data: docs/benchmarks/epoch.md, round 8)
+    coil_keep_rss: KeepRss = "auto"
     coil_refine_iters: int = 8  # JSENSE alternations of the coil-map estimate
     forward: ForwardModel = "structured"  # "structured" (rank-K q^n subspace) or "exact"
     rank: int = 8
     # SVD coil compression (calibration/compression.py): virtual_coils > 0 keeps that many eigen-coils; otherwise,
-    # with coil_energy > 0, the fewest that keep this fraction of the data energy, at least min_virtual_coils (data
-    # with at most min_virtual_coils coils are not compressed); "geometric" = one matrix per readout position x,
-    # aligned along x (keeps more energy per virtual coil), "global" = one matrix for the scan. Off by default:
-    # at paper size either mode sent the T2 of the long-T2 bath to its clamp (docs/benchmarks/epoch.md, round 7)
+    # with coil_energy > 0 and more than max(compress_above_coils, min_virtual_coils) coils, the fewest that keep
+    # this fraction of the data energy, at least min_virtual_coils; "geometric" = one matrix per readout position
+    # x, aligned along x (keeps more energy per virtual coil), "global" = one matrix for the scan. By default only
+    # data with more than 16 coils are compressed (24 -> 8 at paper size: 2.5x faster, NRMSE as uncompressed with
+    # coil_keep_rss; docs/benchmarks/epoch.md, round 8)
     virtual_coils: int = 0
-    coil_energy: float = 0.0
+    coil_energy: float = 0.98
     min_virtual_coils: int = 8
+    compress_above_coils: int = 16
     coil_compression: CoilCompression = "geometric"
     lambda_a: float = 0.01  # WNNM weight on A (relative to the initial data-consistency loss; 0 = off)
     lambda_t1_phase: float = 0.01  # WNNM weight on T1 and the phase (B0) map

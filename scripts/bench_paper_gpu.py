@@ -126,7 +126,8 @@ def run(a) -> int:
     where = (f"device {torch.cuda.get_device_name()}" if cuda else f"cpu, {cfg.threads} thread(s) max")
     print(f"{where}, shape {shape}, {a.coils} coils ({prep.kspace.ncoils} in the fit), {ks.nlines} lines, "
           f"{prep.kspace.seq.ntau} line groups, "
-          f"batch_x {cfg.batch_x}, encoding {type(model.maps.encoding).__name__}")
+          f"batch_x {cfg.batch_x}, encoding {type(model.maps.encoding).__name__}, "
+          f"coil INR keeps the RSS: {model.coil.keep_rss if model.coil is not None else 'no coil INR'}")
     print("| stage | seconds |\n|---|---|")
     for k, v in times.items():
         print(f"| {k} | {v:.2f} |")

@@ -11,8 +11,10 @@
   Procrustes to the neighbour, from the strongest x outwards, as in the paper) so that the virtual
   sensitivities stay smooth along x; the result is transformed back along x, so it is an ordinary
   :class:`KSpace6D` with ``n_virtual`` coils and every later stage (coil maps, JSENSE, the coil INR) is unchanged.
-  SUMMIT does not compress by default: at paper size both modes left the long-T2 bath at the T2 clamp and A
-  ~10 % low (epoch.md, round 7; cause open).
+  SUMMIT compresses data with more than 16 coils by default (geometric, 98 % energy, at least 8). With the coil
+  INR free to trade amplitude against the A map, compression left the long-T2 bath at the T2 clamp and A ~10 %
+  low at paper size (epoch.md, round 7); keeping the coil root-sum-of-squares fixed (``coil_keep_rss``, on by
+  default for compressed data) removes that trade (round 8).
 * :func:`compress_as_configured` — what a method config asks for (``virtual_coils``, ``coil_energy``,
   ``min_virtual_coils``, ``coil_compression``).
 
@@ -138,17 +140,17 @@ def _replace(kspace: KSpace6D, data: np.ndarray, noise_mat: torch.Tensor, info: 
 
 
 def compress_as_configured(kspace: KSpace6D, n_virtual: int, energy: float, min_virtual: int,
-                           mode: str = "global") -> KSpace6D:
+                           mode: str = "global", above: int = 0) -> KSpace6D:
     """The coil compression a method config asks for (``virtual_coils``, ``coil_energy``, ``min_virtual_coils``,
-    ``coil_compression``): ``n_virtual`` virtual coils when ``0 < n_virtual < C``; else, with ``energy > 0`` and
-    more than ``min_virtual`` coils, the fewest keeping ``energy`` of the data energy (at least
-    ``min_virtual``); else ``kspace`` itself. ``mode``: "global" (:func:`coil_compress`) or "geometric"
-    (:func:`geometric_coil_compress`)."""
+    ``coil_compression``, ``compress_above_coils``): ``n_virtual`` virtual coils when ``0 < n_virtual < C``; else,
+    with ``energy > 0`` and more than ``max(min_virtual, above)`` coils, the fewest keeping ``energy`` of the data
+    energy (at least ``min_virtual``); else ``kspace`` itself. ``mode``: "global" (:func:`coil_compress`) or
+    "geometric" (:func:`geometric_coil_compress`)."""
     fn = {"global": coil_compress, "geometric": geometric_coil_compress}.get(mode)
     if fn is None:
         raise ValueError(f"coil compression mode {mode!r}: use 'global' or 'geometric'")
     if 0 < n_virtual < kspace.ncoils:
         return fn(kspace, n_virtual)[0]
-    if n_virtual == 0 and energy > 0 and kspace.ncoils > min_virtual:
+    if n_virtual == 0 and energy > 0 and kspace.ncoils > max(min_virtual, above):
         return fn(kspace, energy=energy, min_virtual=min_virtual)[0]
     return kspace

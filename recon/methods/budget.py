@@ -14,11 +14,16 @@ with V = nx * ny * nz voxels, C coils, K = C * nte * nlines * nx * 8 bytes of k-
 count from the config (hash tables: ``n_levels * min(2**log2_hashmap_size, dense level size) *
 n_features_per_level``; MLP layers). Time model (s)::
 
-    T = T0 + T_PREP * V * C + epochs * (T_EPOCH * V * C + T_LINE * K / 8)
+    T = T0 + (T_PREP + T_QSM) * V * Ce + epochs * (T_STEP * steps + T_EPOCH * V * Ce + T_LINE * K * Ce / C / 8)
 
-The constants were fitted on the SUMMIT chain (4 coils, R = 4, 1 torch thread) at three sizes and are checked
-against measured peak RSS by ``scripts/bench_service.py`` (docs/benchmarks/service.md: within 2x). Helper
-"epoch" may change memory use; it updates these constants with the same script.
+with Ce the coils the fit runs on (:func:`effective_coils`: the configured coil compression; an energy-based
+count is known only from the data, so half the coils, at least ``min_virtual_coils``, is assumed) and steps the
+Adam steps per epoch, ``ceil(nx / batch_x)``. The memory constants were fitted on the SUMMIT chain (4 coils,
+R = 4, 1 torch thread) at three sizes and are checked against measured peak RSS by ``scripts/bench_service.py``
+(docs/benchmarks/service.md: within 2x). The time model is an upper bound that sizes the session deadline:
+``T_STEP`` (per-step overhead: WNNM, Python) keeps small volumes at or above the earlier fit, ``T_EPOCH`` and
+``T_QSM`` are from the paper-size run (docs/benchmarks/epoch.md round 8, x 2 for one thread, rounded up); the
+earlier per-voxel-coil fit from small volumes extrapolated the paper size to 13.8 h against 12 min measured.
 """
 
 from __future__ import annotations
@@ -49,8 +54,12 @@ T0 = 10.0
 """Fixed seconds (imports, dictionary, QSM)."""
 T_PREP = 1.5e-4
 """Seconds per voxel and coil before the first epoch (coil maps, JSENSE, initial maps), 1 thread."""
-T_EPOCH = 1e-4
+T_STEP = 2.0
+"""Seconds per Adam step of an epoch independent of the size (WNNM block matching, Python), 1 thread."""
+T_EPOCH = 6e-6
 """Seconds per voxel, coil and epoch, 1 thread."""
+T_QSM = 7e-5
+"""Seconds per voxel and coil of the QSM field fit after the solver, 1 thread."""
 T_LINE = 2e-8
 """Seconds per k-space sample and epoch (forward model on the sampled lines)."""
 
@@ -217,6 +226,20 @@ def batch_size(dims: Dims, cfg: Any) -> int:
     return bx
 
 
+def effective_coils(dims: Dims, cfg: Any) -> int:
+    """The coils the fit will run on: ``virtual_coils`` when set, half the coils (at least ``min_virtual_coils``)
+    when ``coil_energy`` compresses data with more than ``compress_above_coils``, else all."""
+    c = dims.ncoils
+    nv = int(getattr(cfg, "virtual_coils", 0) or 0)
+    if 0 < nv < c:
+        return nv
+    floor = int(getattr(cfg, "min_virtual_coils", 1) or 1)
+    above = max(floor, int(getattr(cfg, "compress_above_coils", 0) or 0))
+    if float(getattr(cfg, "coil_energy", 0) or 0) > 0 and c > above:
+        return max(floor, -(-c // 2))
+    return c
+
+
 def estimate_resources(dims: Dims, method: str, cfg: Any) -> Estimate:
     """Estimated peak memory and time of ``method`` with ``cfg`` on a problem of size ``dims`` (module docstring).
 
@@ -243,7 +266,10 @@ def estimate_resources(dims: Dims, method: str, cfg: Any) -> Estimate:
         cfg = step_schedule(cfg, dims.nx, bx)[0]
     epochs = max(int(getattr(cfg, "epochs", 1) or 1), 1)
     iterations = max(epochs, int(getattr(cfg, "iterations", 0) or 0))
-    seconds = T0 + T_PREP * v * c + iterations * (T_EPOCH * v * c + T_LINE * k / 8)
+    ce = effective_coils(dims, cfg)
+    steps = -(-dims.nx // bx) if bx else 0
+    seconds = (T0 + (T_PREP + T_QSM) * v * ce
+               + iterations * (T_STEP * steps + T_EPOCH * v * ce + T_LINE * k * ce / max(c, 1) / 8))
     return Estimate(memory_bytes=sum(parts.values()), seconds=float(seconds), parts=parts)
 
 

@@ -167,6 +167,7 @@ def validate_summit(cfg: SummitConfig, kspace: KSpace6D) -> tuple[SummitConfig, 
     ints = {"epochs": 0, "lr_step": 1, "batch_x": 1, "hidden": 1, "layers": 1, "rank": 1, "virtual_coils": 0,
             "coil_refine_iters": 0, "wnnm_start_epoch": 0, "wnnm_patch": 1, "wnnm_window": 1, "wnnm_similar": 1,
             "coarse_to_fine_epochs": 0, "t2star_hold_epochs": 0, "threads": 0, "min_virtual_coils": 1,
+            "compress_above_coils": 0,
             "schedule_steps_per_epoch": 0}
     for name, low in ints.items():
         v = getattr(cfg, name)

@@ -20,11 +20,12 @@ Errors of the model common to all echoes (coil phase, Phase0, the magnitude) can
 reads phase differences between echoes.
 
 Forward: the curves ``1 - c_g q^n`` of every (group, readout) of every voxel in one SVD basis of ``K`` atoms
-(:func:`joint_temporal_basis`, relative error ``tol``), so each coil and echo needs ``K`` 3-D FFTs (centred
-unitary; the shifts folded into the voxel scatter, the coil maps and the line indices) instead of one per group
-and atom. Checked against :func:`~qmapinr.recon.physics.forward.synthesize_lines` in the tests (to 1e-4 with
+(:func:`joint_temporal_basis`, relative error ``tol``), so each coil and echo needs ``K`` 2-D FFTs over (z, y)
+(the measured lines are inverse-transformed along the fully sampled x once; centred unitary, the shifts folded
+into the voxel scatter, the coil maps and the line indices) instead of one 3-D FFT per group and atom. Checked against :func:`~qmapinr.recon.physics.forward.synthesize_lines` in the tests (to 1e-4 with
 a tight ``tol``, to the stated error with the default); the adjoint is the exact transpose (dot-product test).
-Arrays ``(nz, ny, nx)``; lines ``(C, nlines, nx)``, kx centred.
+Arrays ``(nz, ny, nx)``; lines ``(nlines, C, nx)`` with x in the image domain (unitary, so residual norms are
+those of k-space).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import math
 import time
 
 import numpy as np
+import scipy.fft as sfft
 import torch
 
 from qmapinr.recon.kspace import KSpace6D
@@ -46,12 +48,24 @@ __all__ = ["EchoOp", "joint_temporal_basis", "echo_operators", "echo_images", "f
 log = logging.getLogger(__name__)
 
 
-class EchoOp:
-    """Linear map ``u (nv,) complex -> lines (C, nlines, nx)`` of one echo (module docstring).
+def _norm(t: torch.Tensor) -> float:
+    """The 2-norm of a complex tensor, accumulated in float64 (``Tensor.norm`` of a complex64 tensor of ~1e7
+    elements is off by up to ~1e-2 relative, and by a different amount for another memory layout)."""
+    return float(torch.view_as_real(t).to(torch.float64).square().sum()) ** 0.5
 
-    ``y[c, l] = P_l F[S_c sum_k coef[l, k] hs_e U_k u]``: ``K`` coefficient volumes per coil, one 3-D FFT
-    each, then one gather of the sampled (kz, ky) and the contraction with the line coefficients. Coils run in
-    chunks so that the volumes and the gathered lines of one chunk stay within ``chunk_mb``.
+
+class EchoOp:
+    """Linear map ``u (nv,) complex -> lines (nlines, C, nx)`` of one echo (module docstring).
+
+    ``y[l, c] = P_l F_zy[S_c sum_k coef[l, k] hs_e U_k u]`` in hybrid space (x already inverse-transformed in
+    the measured lines, :func:`echo_operators`): ``K`` coefficient volumes per coil, one 2-D FFT over (z, y)
+    each, then per atom one gather of the sampled (kz, ky) planes and a multiply-add with the line
+    coefficients. The work array is ``(K, nz * ny, coils, nx)`` so that a plane of every coil is one contiguous
+    row (gather and scatter along the first axis, ~3x faster than across coils), transformed in place by
+    scipy's pocketfft (~9x faster than ``torch.fft.fft2`` here, whose ``out=`` still allocates); coils run in
+    chunks within ``chunk_mb``. Work arrays are allocated once (or shared through ``workspace`` by the operators
+    of one fit) and reused: at paper size the per-call allocations had cost more system time than the FFTs
+    (docs/benchmarks/qsm.md, round 8).
 
     Parameters
     ----------
@@ -60,59 +74,95 @@ class EchoOp:
     coef : float ``(nlines, K)`` the lines' temporal basis values.
     index : flat voxel indices into ``shape``; sens complex ``(C, nz, ny, nx)``.
     ky, kz : int ``(nlines,)`` (centre at n // 2).
+    workspace : a dict shared by operators of the same shapes (their calls must not interleave).
     """
 
     def __init__(self, hs_e: torch.Tensor, atoms: torch.Tensor, coef: torch.Tensor, index: np.ndarray,
                  shape: tuple[int, int, int], sens: np.ndarray, ky: np.ndarray, kz: np.ndarray,
-                 chunk_mb: float = 512.0):
+                 chunk_mb: float = 512.0, workspace: dict | None = None):
         nz, ny, nx = shape
-        self.shape, self.nvox = shape, nz * ny * nx
+        self.shape, self.nvox, self.nplanes = shape, nz * ny * nx, nz * ny
         zi, yi, xi = np.unravel_index(index, shape)
         self.idx = torch.from_numpy(np.ravel_multi_index(((zi - nz // 2) % nz, (yi - ny // 2) % ny,
                                                           (xi - nx // 2) % nx), shape))
         c = sens.shape[0]
-        self.sens = torch.from_numpy(np.ascontiguousarray(np.fft.ifftshift(sens, axes=(-3, -2, -1)),
-                                                          dtype=np.complex64)).reshape(c, 1, self.nvox)
+        shifted = np.fft.ifftshift(sens, axes=(-3, -2, -1)).reshape(c, self.nplanes, nx)
+        self.sens = torch.from_numpy(np.ascontiguousarray(shifted.transpose(1, 0, 2), dtype=np.complex64))
+        self.sens_conj = self.sens.conj().resolve_conj()  # (nz * ny, C, nx)
         self.ncoils = c
         self.nlines = len(ky)
         self.hs = hs_e.to(torch.complex64)
         self.w = (hs_e[:, None] * atoms).T.to(torch.complex64).contiguous()  # (K, nv)
-        self.coef = coef.to(torch.complex64)
+        self.coef = coef.to(torch.complex64).T.contiguous()[:, :, None]  # (K, nlines, 1)
+        self.coef_conj = self.coef.conj().resolve_conj()
         self.plane = torch.from_numpy(((np.asarray(kz) - nz // 2) % nz) * ny + (np.asarray(ky) - ny // 2) % ny)
-        per_coil = 8 * self.w.shape[0] * (self.nvox + self.nlines * nx)  # bytes: volumes + gathered lines
-        self.chunk = max(1, int(chunk_mb * 2 ** 20 // per_coil))
+        per_coil = 8 * self.w.shape[0] * self.nvox  # bytes: the volumes (transformed in place) of one coil
+        self.chunk = min(c, max(1, int(chunk_mb * 2 ** 20 // per_coil)))
+        self.workspace = {} if workspace is None else workspace
 
-    def _grid(self, vals: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(vals.shape[:-1] + (self.nvox,), dtype=torch.complex64)
-        out[..., self.idx] = vals
-        return out
+    def _buf(self, name: str, size: int) -> torch.Tensor:
+        """A reused flat complex64 work array of at least ``size`` elements (first use or growth allocates)."""
+        b = self.workspace.get(name)
+        if b is None or b.numel() < size:
+            b = self.workspace[name] = torch.empty(size, dtype=torch.complex64)
+        return b[:size]
+
+    def _work(self, cc: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The volumes ``(K, nz * ny, cc, nx)`` and the gathered lines ``(nlines, cc * nx)`` of a chunk."""
+        natoms, nx = self.w.shape[0], self.shape[2]
+        ksp = self._buf("ksp", natoms * self.nvox * cc).view(natoms, self.nplanes, cc, nx)
+        return ksp, self._buf("lines", self.nlines * cc * nx).view(self.nlines, cc * nx)
+
+    def _chunks(self):
+        """(first coil, coils) of each coil chunk."""
+        for c0 in range(0, self.ncoils, self.chunk):
+            yield c0, min(self.chunk, self.ncoils - c0)
+
+    def _fft2_inplace(self, ksp: torch.Tensor, inverse: bool) -> None:
+        """Unitary 2-D (I)FFT over (z, y) of the work array ``(K, nz * ny, cc, nx)``, in place."""
+        nz, ny, nx = self.shape
+        a = ksp.numpy().reshape(ksp.shape[0], nz, ny, ksp.shape[2], nx)
+        fn = sfft.ifft2 if inverse else sfft.fft2
+        r = fn(a, axes=(1, 2), norm="ortho", overwrite_x=True, workers=torch.get_num_threads())
+        if not np.shares_memory(r, a):
+            a[...] = r
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        """complex64 ``(nv,)`` -> ``(C, nlines, nx)`` (kx in FFT order, not centred)."""
-        nz, ny, nx = self.shape
+        """complex64 ``(nv,)`` -> ``(nlines, C, nx)`` (x in the image domain, its index fft-shifted)."""
+        nx = self.shape[2]
         natoms = self.w.shape[0]
-        vol = self._grid(self.w * u[None])  # (K, nvox)
-        out = torch.empty(self.ncoils, self.nlines, nx, dtype=torch.complex64)
-        for c0 in range(0, self.ncoils, self.chunk):
-            sens = self.sens[c0:c0 + self.chunk]
-            img = (vol[None] * sens).reshape(-1, natoms, nz, ny, nx)
-            k = torch.fft.fftn(img, dim=(-3, -2, -1), norm="ortho").reshape(-1, natoms, nz * ny, nx)
-            out[c0:c0 + self.chunk] = torch.einsum("cald,la->cld", k[:, :, self.plane], self.coef)
+        vol = self._buf("vol", natoms * self.nvox).view(natoms, self.nvox)
+        vol.zero_()
+        vol[:, self.idx] = self.w * u[None]
+        vol = vol.view(natoms, self.nplanes, 1, nx)
+        out = torch.zeros(self.nlines, self.ncoils, nx, dtype=torch.complex64)
+        for c0, cc in self._chunks():
+            ksp, lines = self._work(cc)
+            torch.mul(vol, self.sens[None, :, c0:c0 + cc], out=ksp)
+            self._fft2_inplace(ksp, inverse=False)
+            dst = out[:, c0:c0 + cc].view(self.nlines, cc * nx) if cc == self.ncoils else out[:, c0:c0 + cc]
+            for a in range(natoms):
+                torch.index_select(ksp[a].view(self.nplanes, cc * nx), 0, self.plane, out=lines)
+                dst.addcmul_(lines.view(dst.shape), self.coef[a] if cc == self.ncoils else self.coef[a, :, :, None])
         return out
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        """complex64 ``(C, nlines, nx)`` -> ``(nv,)``, the exact transpose of :meth:`forward`."""
-        nz, ny, nx = self.shape
+        """complex64 ``(nlines, C, nx)`` -> ``(nv,)``, the exact transpose of :meth:`forward`."""
+        nx = self.shape[2]
         natoms = self.w.shape[0]
-        vol = torch.zeros(natoms, self.nvox, dtype=torch.complex64)
-        for c0 in range(0, self.ncoils, self.chunk):
-            yc = y[c0:c0 + self.chunk]
-            contrib = torch.einsum("cld,la->cald", yc, self.coef.conj())  # (c, K, L, nx)
-            grid = torch.zeros(yc.shape[0], natoms, nz * ny, nx, dtype=torch.complex64)
-            grid.index_add_(2, self.plane, contrib)
-            img = torch.fft.ifftn(grid.view(-1, natoms, nz, ny, nx), dim=(-3, -2, -1), norm="ortho")
-            vol += (img.reshape(-1, natoms, self.nvox) * self.sens[c0:c0 + self.chunk].conj()).sum(0)
-        return (vol[:, self.idx] * self.w.conj()).sum(0)
+        vol = self._buf("vol", natoms * self.nvox).view(natoms, self.nplanes, nx)
+        vol.zero_()
+        for c0, cc in self._chunks():
+            ksp, lines = self._work(cc)
+            ksp.zero_()
+            yc = y[:, c0:c0 + cc].reshape(self.nlines, cc * nx)
+            for a in range(natoms):
+                torch.mul(yc, self.coef_conj[a], out=lines)
+                ksp[a].view(self.nplanes, cc * nx).index_add_(0, self.plane, lines)
+            self._fft2_inplace(ksp, inverse=True)
+            for i in range(cc):
+                vol.addcmul_(ksp[:, :, i], self.sens_conj[:, c0 + i])
+        return (vol.view(natoms, self.nvox)[:, self.idx] * self.w.conj()).sum(0)
 
 
 def joint_temporal_basis(c: torch.Tensor, q: torch.Tensor, nseg: int, tol: float = 1e-3,
@@ -158,8 +208,8 @@ def echo_operators(kspace: KSpace6D, maps: dict[str, np.ndarray], mask: np.ndarr
 
     ``maps`` needs 'A', 'T1', 'T2', 'T2star' (ms), 'Phase0' (rad), 'B0' (Hz), float ``(nz, ny, nx)``; ``mask``
     bool; ``sens`` complex ``(C, nz, ny, nx)``; ``tol`` the relative error of the temporal model
-    (:func:`joint_temporal_basis`). Returns (ops, lines complex64 ``(C, nlines, nx)`` per echo with kx in FFT
-    order, flat voxel indices).
+    (:func:`joint_temporal_basis`). Returns (ops sharing one workspace, lines complex64 ``(nlines, C, nx)`` per echo
+    after the unitary inverse FFT along x (x index fft-shifted, as the operators'), flat voxel indices).
     """
     ks = with_shot_groups(kspace)
     seq = ks.seq
@@ -179,11 +229,12 @@ def echo_operators(kspace: KSpace6D, maps: dict[str, np.ndarray], mask: np.ndarr
              w.shape[0], c.shape[1], seq.nseg, err)
     col = torch.from_numpy(np.asarray(ks.tau, dtype=np.int64) * seq.nseg + np.asarray(ks.seg, dtype=np.int64))
     coef = w[:, col].T.contiguous()  # (nlines, K)
-    ops, lines = [], []
+    ops, lines, workspace = [], [], {}
     for e in range(seq.nte):
-        ops.append(EchoOp(hs[:, e], u, coef, index, shape, sens, ks.ky, ks.kz))
-        lines.append(torch.from_numpy(np.ascontiguousarray(np.fft.ifftshift(ks.data[:, e], axes=-1),
-                                                           dtype=np.complex64)))
+        ops.append(EchoOp(hs[:, e], u, coef, index, shape, sens, ks.ky, ks.kz, workspace=workspace))
+        hybrid = torch.from_numpy(np.ascontiguousarray(np.fft.ifftshift(ks.data[:, e], axes=-1), np.complex64))
+        hybrid = torch.fft.ifft(hybrid, dim=-1, norm="ortho")  # x in the image domain, fft-shifted index
+        lines.append(hybrid.permute(1, 0, 2).contiguous())  # (nlines, C, nx)
     return ops, lines, index
 
 
@@ -213,9 +264,9 @@ def echo_images(kspace: KSpace6D, maps: dict[str, np.ndarray], mask: np.ndarray,
 
         rhs = op.adjoint(y) + lam_abs * u0
         u, _ = conjugate_gradient(normal, rhs, x0=u0, n_iter=n_iter)
-        ynorm = float(y.norm())
-        info["residual_model"].append(float((scale * a1 - y).norm()) / ynorm)
-        info["residual_fit"].append(float((op.forward(u) - y).norm()) / ynorm)
+        ynorm = _norm(y)
+        info["residual_model"].append(_norm(scale * a1 - y) / ynorm)
+        info["residual_fit"].append(_norm(op.forward(u) - y) / ynorm)
         flat = np.zeros(math.prod(shape), dtype=np.complex64)
         flat[index] = (op.hs * u).numpy()
         out[e] = flat.reshape(shape)
@@ -252,7 +303,7 @@ def field_update(kspace: KSpace6D, maps: dict[str, np.ndarray], mask: np.ndarray
     rho = one * (num / max(den, 1e-30))
     phi = torch.zeros(nv, dtype=torch.float32)  # 2 pi df te_mean (rad)
     lam_abs = lam * den / max(nv, 1) / len(ops)
-    ynorm = float(sum(float(y.norm()) ** 2 for y in lines)) ** 0.5
+    ynorm = float(sum(_norm(y) ** 2 for y in lines)) ** 0.5
     ratio = [float(t / te_mean) for t in te_s]
     info = {"residual": []}
 
@@ -263,7 +314,7 @@ def field_update(kspace: KSpace6D, maps: dict[str, np.ndarray], mask: np.ndarray
         z = rotors(phi)
         pred = [op.forward(rho * ze) for op, ze in zip(ops, z, strict=True)]
         res = [y - p for y, p in zip(lines, pred, strict=True)]
-        info["residual"].append(float(sum(float(r.norm()) ** 2 for r in res)) ** 0.5 / ynorm)
+        info["residual"].append(float(sum(_norm(r) ** 2 for r in res)) ** 0.5 / ynorm)
         cols = [(ze, 1j * r * rho * ze) for ze, r in zip(z, ratio, strict=True)]  # d/d rho, d/d phi
 
         def jac(x: torch.Tensor, cols: list = cols) -> list[torch.Tensor]:
@@ -287,7 +338,7 @@ def field_update(kspace: KSpace6D, maps: dict[str, np.ndarray], mask: np.ndarray
         rho = rho + torch.complex(step[0], step[1])
         phi = phi + step[2]
     z = rotors(phi)
-    info["residual"].append(float(sum(float((y - op.forward(rho * ze)).norm()) ** 2
+    info["residual"].append(float(sum(_norm(y - op.forward(rho * ze)) ** 2
                                       for op, y, ze in zip(ops, lines, z, strict=True))) ** 0.5 / ynorm)
     shape = tuple(int(s) for s in mask.shape)
     df = np.zeros(math.prod(shape), dtype=np.float32)

@@ -75,7 +75,8 @@ class SummitField(nn.Module):
             [p.permute(2, 0, 1) for p in (priors["Phase0"], b0_prior)], -1))  # (nx, nz, ny, 2)
         self.register_buffer("sens", sens.permute(3, 1, 2, 0).contiguous())  # (nx, nz, ny, C)
         self.maps = MapINR(cfg.map_grid, hidden=cfg.hidden, layers=cfg.layers, seed=cfg.seed)
-        self.coil = (CoilINR(cfg.coil_grid, sens.shape[0], keep_rss=cfg.coil_keep_rss, seed=cfg.seed + 10)
+        keep_rss = cfg.coil_keep_rss == "on"  # "auto" is resolved by solver.resolve_keep_rss (compressed data)
+        self.coil = (CoilINR(cfg.coil_grid, sens.shape[0], keep_rss=keep_rss, seed=cfg.seed + 10)
                      if cfg.coil_mode == "inr" else None)
         if cfg.coil_mode not in ("ratio", "jsense", "inr"):
             raise ValueError(f"SummitConfig.coil_mode must be 'ratio', 'jsense' or 'inr', got {cfg.coil_mode!r}")

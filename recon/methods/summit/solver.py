@@ -212,7 +212,7 @@ def prepare(kspace: KSpace6D, cfg: SummitConfig) -> Prepared:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     kspace = compress_as_configured(kspace, cfg.virtual_coils, cfg.coil_energy, cfg.min_virtual_coils,
-                                    cfg.coil_compression)
+                                    cfg.coil_compression, cfg.compress_above_coils)
     sens = estimate_sensitivities(kspace, cfg)  # (C, nz, ny, nx)
     timings["coil_maps_s"] = time.perf_counter() - t_start
     hybrid = readout_ifft(kspace)  # (nx, C, nte, nlines)
@@ -269,8 +269,17 @@ class SummitLoss:
         return loss, dc
 
 
+def resolve_keep_rss(cfg: SummitConfig, prep: Prepared) -> SummitConfig:
+    """``cfg`` with ``coil_keep_rss`` "auto" resolved: "on" when ``prep.kspace`` was coil-compressed, else "off"."""
+    if cfg.coil_keep_rss != "auto":
+        return cfg
+    return dataclasses.replace(cfg, coil_keep_rss="on" if prep.kspace.meta.get("coil_compression") else "off")
+
+
 def build_field(prep: Prepared, cfg: SummitConfig) -> SummitField:
-    """The SUMMIT field started from the initial maps, its amplitude prior rescaled by the least-squares gain."""
+    """The SUMMIT field started from the initial maps, its amplitude prior rescaled by the least-squares gain
+    (``coil_keep_rss`` "auto" resolved by :func:`resolve_keep_rss`)."""
+    cfg = resolve_keep_rss(cfg, prep)
     nx, ny, nz = prep.kspace.geometry.matrix
     model = SummitField(cfg, (nz, ny, nx), prep.kspace.geometry.voxel_mm, prep.init.maps, prep.sens).to(prep.device)
     gain = _amplitude_gain(model, prep.fwd, prep.hybrid, cfg.batch_x)
@@ -324,7 +333,7 @@ def run_inr(kspace: KSpace6D, cfg: SummitConfig, method: str,
     report(Progress("prepare", 0.0))
     prep = prepare(kspace, cfg)
     check_support(prep.mask, prep.kspace)
-    cfg = dataclasses.replace(cfg, batch_x=resolve_batch_x(prep.kspace, cfg))
+    cfg = dataclasses.replace(resolve_keep_rss(cfg, prep), batch_x=resolve_batch_x(prep.kspace, cfg))
     cfg, note = step_schedule(cfg, prep.kspace.geometry.matrix[0], cfg.batch_x)
     if note:
         log.info("%s: %s", method, note)

@@ -51,6 +51,8 @@ def test_compress_as_configured_leaves_small_arrays_and_honours_an_explicit_coun
     assert compress_as_configured(ks, 0, 0.5, 2).ncoils == 2  # the floor binds at a low energy
     assert compress_as_configured(ks, 3, 0.0, 8).ncoils == 3  # an explicit count wins over the floor
     assert compress_as_configured(ks, 4, 0.0, 8) is ks
+    assert compress_as_configured(ks, 0, 0.5, 2, above=4) is ks  # no more coils than compress_above_coils
+    assert compress_as_configured(ks, 0, 0.5, 2, above=3).ncoils == 2
 
 
 def _energy(data: np.ndarray) -> float:

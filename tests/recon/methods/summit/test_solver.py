@@ -49,6 +49,7 @@ def test_outputs_are_finite_masked_maps(tiny_kspace):
     assert overlap > 0.8
     t = out.info["timings"]
     assert t["epochs_run"] == 2 and t["total_s"] > 0 and {"inr_s", "forward_s", "backward_step_s"} <= set(t)
+    assert out.info["coil_compression"] is None and out.info["config"].coil_keep_rss == "off"  # few coils: as is
 
 
 def test_exact_and_structured_forward_give_close_losses(tiny_kspace):
@@ -75,9 +76,10 @@ def test_runs_on_cuda(tiny_kspace):
 def test_long_epochs_shorten_the_schedule_and_coil_energy_compresses(tiny_kspace):
     ks, _ = tiny_kspace  # nx 16, 2 coils
     cfg = dataclasses.replace(TINY, epochs=4, batch_x=2, schedule_steps_per_epoch=4, coil_energy=0.5,
-                              min_virtual_coils=1)
+                              min_virtual_coils=1, compress_above_coils=0)
     out = summit_recon(ks, cfg)  # 8 steps per epoch against a reference of 4: half the epochs
     assert out.info["timings"]["epochs_run"] == 2 and out.info["config"].epochs == 2
     assert any("schedule shortened" in w for w in out.info["warnings"])
     assert out.info["coil_compression"]["n_virtual"] == 1  # 2 coils, half the energy: the strongest eigen-coil
+    assert out.info["config"].coil_keep_rss == "on"  # "auto" keeps the coil RSS on compressed data
     assert all(np.isfinite(v).all() for v in out.maps.values())
