@@ -22,8 +22,9 @@ reads phase differences between echoes.
 Forward: the curves ``1 - c_g q^n`` of every (group, readout) of every voxel in one SVD basis of ``K`` atoms
 (:func:`joint_temporal_basis`, relative error ``tol``), so each coil and echo needs ``K`` 2-D FFTs over (z, y)
 (the measured lines are inverse-transformed along the fully sampled x once; centred unitary, the shifts folded
-into the voxel scatter, the coil maps and the line indices) instead of one 3-D FFT per group and atom. Checked against :func:`~qmapinr.recon.physics.forward.synthesize_lines` in the tests (to 1e-4 with
-a tight ``tol``, to the stated error with the default); the adjoint is the exact transpose (dot-product test).
+into the voxel scatter, the coil maps and the line indices) instead of one 3-D FFT per group and atom. Checked against
+:func:`~qmapinr.recon.physics.forward.synthesize_lines` in the tests (to 1e-4 with a tight ``tol``, to the
+stated error with the default); the adjoint is the exact transpose (dot-product test).
 Arrays ``(nz, ny, nx)``; lines ``(nlines, C, nx)`` with x in the image domain (unitary, so residual norms are
 those of k-space).
 """
