@@ -16,7 +16,8 @@
   low at paper size (epoch.md, round 7); keeping the coil root-sum-of-squares fixed (``coil_keep_rss``, on by
   default for compressed data) removes that trade (round 8).
 * :func:`compress_as_configured` — what a method config asks for (``virtual_coils``, ``coil_energy``,
-  ``min_virtual_coils``, ``coil_compression``).
+  ``min_virtual_coils``, ``coil_compression``, ``compress_above_coils``); :func:`compression_rule` says which
+  rule applies without the data.
 
 The number of virtual coils is either given or the fewest that keep ``energy`` of the data energy (the
 energy-weighted mean over x for the geometric mode), never fewer than ``min_virtual``. The noise pre-scan is
@@ -149,8 +150,19 @@ def compress_as_configured(kspace: KSpace6D, n_virtual: int, energy: float, min_
     fn = {"global": coil_compress, "geometric": geometric_coil_compress}.get(mode)
     if fn is None:
         raise ValueError(f"coil compression mode {mode!r}: use 'global' or 'geometric'")
-    if 0 < n_virtual < kspace.ncoils:
+    how = compression_rule(kspace.ncoils, n_virtual, energy, min_virtual, above)
+    if how == "count":
         return fn(kspace, n_virtual)[0]
-    if n_virtual == 0 and energy > 0 and kspace.ncoils > max(min_virtual, above):
+    if how == "energy":
         return fn(kspace, energy=energy, min_virtual=min_virtual)[0]
     return kspace
+
+
+def compression_rule(ncoils: int, n_virtual: int, energy: float, min_virtual: int, above: int = 0) -> str | None:
+    """Which rule of :func:`compress_as_configured` applies to data with ``ncoils`` coils: "count", "energy" or
+    None (not compressed). The admission estimate (:mod:`qmapinr.recon.methods.budget`) asks the same."""
+    if 0 < n_virtual < ncoils:
+        return "count"
+    if n_virtual == 0 and energy > 0 and ncoils > max(min_virtual, above):
+        return "energy"
+    return None

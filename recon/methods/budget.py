@@ -33,6 +33,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from qmapinr.recon.calibration.compression import compression_rule
 from qmapinr.recon.methods.schedule import step_schedule
 from qmapinr.recon.physics.product import CPU_CHUNK_BYTES
 
@@ -231,13 +232,10 @@ def effective_coils(dims: Dims, cfg: Any) -> int:
     when ``coil_energy`` compresses data with more than ``compress_above_coils``, else all."""
     c = dims.ncoils
     nv = int(getattr(cfg, "virtual_coils", 0) or 0)
-    if 0 < nv < c:
-        return nv
     floor = int(getattr(cfg, "min_virtual_coils", 1) or 1)
-    above = max(floor, int(getattr(cfg, "compress_above_coils", 0) or 0))
-    if float(getattr(cfg, "coil_energy", 0) or 0) > 0 and c > above:
-        return max(floor, -(-c // 2))
-    return c
+    how = compression_rule(c, nv, float(getattr(cfg, "coil_energy", 0) or 0), floor,
+                           int(getattr(cfg, "compress_above_coils", 0) or 0))
+    return {"count": nv, "energy": max(floor, -(-c // 2))}.get(how, c)
 
 
 def estimate_resources(dims: Dims, method: str, cfg: Any) -> Estimate:

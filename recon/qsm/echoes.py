@@ -141,10 +141,10 @@ class EchoOp:
             ksp, lines = self._work(cc)
             torch.mul(vol, self.sens[None, :, c0:c0 + cc], out=ksp)
             self._fft2_inplace(ksp, inverse=False)
-            dst = out[:, c0:c0 + cc].view(self.nlines, cc * nx) if cc == self.ncoils else out[:, c0:c0 + cc]
+            dst = out[:, c0:c0 + cc]  # (nlines, cc, nx)
             for a in range(natoms):
                 torch.index_select(ksp[a].view(self.nplanes, cc * nx), 0, self.plane, out=lines)
-                dst.addcmul_(lines.view(dst.shape), self.coef[a] if cc == self.ncoils else self.coef[a, :, :, None])
+                dst.addcmul_(lines.view(dst.shape), self.coef[a, :, :, None])
         return out
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
@@ -173,7 +173,7 @@ def joint_temporal_basis(c: torch.Tensor, q: torch.Tensor, nseg: int, tol: float
     The per-group atoms of the SUMMIT forward (``1 + K`` per group, ``G (1 + K)`` coefficient volumes per coil
     and echo) are what the field fit needs least: it only refines a correction on top of the curves, so one
     SVD basis over all groups with a relative energy error ``tol`` (default 1e-3, under the 1/SNR of a scan)
-    serves, and ``K_tot`` volumes replace ``G (1 + K)`` (paper size: 49 -> ~6). ``W`` is the SVD of at most
+    serves, and ``K_tot`` volumes replace ``G (1 + K)`` (paper size: 49 -> 8). ``W`` is the SVD of at most
     ``max_rows`` voxels taken at a fixed stride (deterministic); ``U`` projects every voxel on it.
 
     Parameters
